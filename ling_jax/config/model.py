@@ -1,0 +1,88 @@
+"""Model configuration: one ConfigDict whose field names are the HF config keys of Ling 2.0.
+
+Keeping the HF names makes `from_hf_config`/`to_hf_config` a thin mapping (reference §1.1) and lets a
+reader compare a preset with a released `config.json` line by line. Fields below the marker are ours.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# HF-named architecture fields with the BailingMoeV2Config class defaults (reference §1.1, LV2-config).
+ARCHITECTURE_DEFAULTS: dict = dict(
+    vocab_size=157184,
+    hidden_size=2048,
+    intermediate_size=5120,
+    num_hidden_layers=20,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=128,
+    hidden_act="silu",
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+    rope_theta=600000.0,
+    rope_scaling=None,
+    partial_rotary_factor=0.5,
+    use_qk_norm=True,
+    use_bias=False,
+    use_qkv_bias=False,
+    tie_word_embeddings=False,
+    num_experts=256,
+    num_shared_experts=1,
+    num_experts_per_tok=8,
+    n_group=8,
+    topk_group=4,
+    moe_intermediate_size=512,
+    moe_shared_expert_intermediate_size=None,  # None: moe_intermediate_size * num_shared_experts
+    first_k_dense_replace=1,
+    routed_scaling_factor=2.5,
+    score_function="sigmoid",
+    norm_topk_prob=True,
+    moe_router_enable_expert_bias=True,
+    router_dtype="fp32",
+    num_nextn_predict_layers=0,
+    mtp_loss_scaling_factor=0.0,
+    initializer_range=0.02,
+    pad_token_id=156892,
+    eos_token_id=156892,
+)
+
+# Runtime fields that no HF config carries.
+RUNTIME_DEFAULTS: dict = dict(
+    name="custom",
+    dtype="float32",  # activation/compute dtype; router, norms and softmax always run in fp32
+    param_dtype="float32",
+    moe_backend="blocked",  # key of ling_jax.ops.expert_compute registry
+    moe_block_size=0,  # rows per block for the `blocked` backend; 0 = chosen from the token count
+    scan_layers=True,  # scan the dense and MoE stacks (compile cost of ~one layer); False unrolls
+    remat_policy="none",
+    attention_impl="xla",
+)
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """A model config with class defaults, updated by `overrides` (unknown keys are an error)."""
+    fields = {**ARCHITECTURE_DEFAULTS, **RUNTIME_DEFAULTS}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown model config field(s) {unknown}; known fields: {sorted(fields)}")
+    fields.update(overrides)
+    # rope_scaling may be None or a dict; ConfigDict needs the type declared for later overrides.
+    cfg = ml_collections.ConfigDict(fields)
+    return cfg
+
+
+def rotary_dim(cfg) -> int:
+    """Number of rotated dims per head: head_dim * partial_rotary_factor (reference §2.4)."""
+    return int(round(cfg.head_dim * cfg.partial_rotary_factor))
+
+
+def shared_expert_width(cfg) -> int:
+    """Width of the shared-expert SwiGLU (reference §1.1: moe_intermediate_size × num_shared)."""
+    if cfg.moe_shared_expert_intermediate_size:
+        return int(cfg.moe_shared_expert_intermediate_size)
+    return int(cfg.moe_intermediate_size * cfg.num_shared_experts)
+
+
+def num_moe_layers(cfg) -> int:
+    return cfg.num_hidden_layers - cfg.first_k_dense_replace

@@ -1,0 +1,66 @@
+"""GQA attention with per-head QK RMSNorm before partial RoPE (reference §2.4)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ling_jax.model.linear import param, project
+from ling_jax.model.norms import RMSNorm
+from ling_jax.model.rotary import apply_rope
+
+
+def attention_mask(segment_ids_BT: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """[B, 1, T, T] bool: causal by index and, for packed rows, within the same segment."""
+    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    if segment_ids_BT is None:
+        return jnp.broadcast_to(causal, (batch, 1, length, length))
+    same = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
+    return causal & same
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS) -> jax.Array:
+    """Softmax(QK^T/sqrt(d)) V in fp32; query head n uses KV head n // (N/K)."""
+    batch, length, num_heads, head_dim = q_BTNH.shape
+    num_kv = k_BSKH.shape[2]
+    q = q_BTNH.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(head_dim)
+    scores = jnp.where(mask_B1TS[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH, preferred_element_type=jnp.float32)
+    return out.reshape(batch, length, num_heads, head_dim).astype(v_BSKH.dtype)
+
+
+class Attention(nnx.Module):
+    """q/k/v/o projections kept per head; HF's fused query_key_value is split on import."""
+
+    def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        std = cfg.initializer_range
+        self.dtype = dtype
+        self.q_proj = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), std=std, dtype=param_dtype)
+        self.k_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std=std,
+                            dtype=param_dtype)
+        self.v_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std=std,
+                            dtype=param_dtype)
+        self.o_proj = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std=std, dtype=param_dtype)
+        self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, axis_name="head_dim")
+        self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, axis_name="head_dim")
+
+    def qkv(self, x_BTD, cos, sin) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projected, QK-normed, rotated q [B,T,N,H] and k, v [B,T,K,H]."""
+        q = self.q_norm(project("btd,dnh->btnh", x_BTD, self.q_proj[...], self.dtype))
+        k = self.k_norm(project("btd,dkh->btkh", x_BTD, self.k_proj[...], self.dtype))
+        v = project("btd,dkh->btkh", x_BTD, self.v_proj[...], self.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def output(self, attn_BTNH) -> jax.Array:
+        return project("btnh,nhd->btd", attn_BTNH, self.o_proj[...], self.dtype)
+
+    def __call__(self, x_BTD, cos, sin, mask_B1TS) -> jax.Array:
+        q, k, v = self.qkv(x_BTD, cos, sin)
+        return self.output(dot_product_attention(q, k, v, mask_B1TS))

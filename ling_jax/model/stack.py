@@ -1,0 +1,59 @@
+"""Stacked decoder layers: created with nnx.vmap, applied with lax.scan (or unrolled for debugging).
+
+Scanning makes Ling-1T's 76 MoE layers compile like one; remat policies wrap the scanned body.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ling_jax.model.decoder import DecoderLayer
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+    "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
+
+
+def make_stack(cfg, num_layers: int, *, use_moe: bool, dtype, param_dtype,
+               rngs: nnx.Rngs) -> DecoderLayer:
+    """One DecoderLayer whose every variable has a leading `layers` axis of size num_layers."""
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(layer_rngs: nnx.Rngs) -> DecoderLayer:
+        return DecoderLayer(cfg, use_moe=use_moe, dtype=dtype, param_dtype=param_dtype,
+                            rngs=layer_rngs)
+    return create(rngs)
+
+
+def apply_stack(stack: DecoderLayer, x_BTD, cos, sin, mask, token_mask, *, num_layers: int,
+                scan: bool, remat_policy: str):
+    """Run the layers in order; returns (x, stacked per-layer aux or None)."""
+    graphdef, state = nnx.split(stack)
+
+    def body(x, layer_state):
+        layer = nnx.merge(graphdef, layer_state)
+        return layer(x, cos, sin, mask, token_mask)
+
+    if remat_policy != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan)
+    if scan:
+        return jax.lax.scan(body, x_BTD, state)
+    auxes = []
+    for i in range(num_layers):
+        x_BTD, aux = body(x_BTD, jax.tree.map(functools.partial(_index, i=i), state))
+        auxes.append(aux)
+    if auxes[0] is None:
+        return x_BTD, None
+    return x_BTD, jax.tree.map(lambda *a: jnp.stack(a), *auxes)
+
+
+def _index(a, i):
+    return a[i]
