@@ -11,6 +11,14 @@ from ling_jax.config.presets import PRESETS, get_preset
 from ling_jax.config.validation import ConfigError, validate_model_config
 
 __all__ = [
-    "PRESETS", "ConfigError", "from_hf_config", "get_preset", "model_config", "num_moe_layers",
-    "rotary_dim", "shared_expert_width", "to_hf_config", "validate_model_config",
+    "PRESETS",
+    "ConfigError",
+    "from_hf_config",
+    "get_preset",
+    "model_config",
+    "num_moe_layers",
+    "rotary_dim",
+    "shared_expert_width",
+    "to_hf_config",
+    "validate_model_config",
 ]

@@ -27,10 +27,25 @@ _HF_STATIC = {
 }
 # HF keys that carry nothing for the forward pass; accepted and ignored on import.
 _HF_IGNORED = {
-    "architectures", "model_type", "auto_map", "attention_dropout", "embedding_dropout",
-    "output_dropout", "use_cache", "use_rmsnorm", "transformers_version", "torch_dtype",
-    "max_window_layers", "quantization_config", "bos_token_id", "use_sliding_window",
-    "sliding_window", "output_router_logits", "tokenizer_class", "_name_or_path", "dtype",
+    "architectures",
+    "model_type",
+    "auto_map",
+    "attention_dropout",
+    "embedding_dropout",
+    "output_dropout",
+    "use_cache",
+    "use_rmsnorm",
+    "transformers_version",
+    "torch_dtype",
+    "max_window_layers",
+    "quantization_config",
+    "bos_token_id",
+    "use_sliding_window",
+    "sliding_window",
+    "output_router_logits",
+    "tokenizer_class",
+    "_name_or_path",
+    "dtype",
 }
 
 
@@ -39,8 +54,10 @@ def from_hf_config(hf: dict[str, Any], **runtime) -> ml_collections.ConfigDict:
     if not isinstance(hf, dict):
         raise ConfigError(f"config.json must hold a JSON object, got {type(hf).__name__}")
     if hf.get("model_type", "bailing_moe") not in ("bailing_moe", "bailing_moe_v2"):
-        raise ConfigError(f"config.json: model_type {hf['model_type']!r} is not a Ling 2.0 model "
-                          "(expected 'bailing_moe')")
+        raise ConfigError(
+            f"config.json: model_type {hf['model_type']!r} is not a Ling 2.0 model "
+            "(expected 'bailing_moe')"
+        )
     fields = {k: v for k, v in hf.items() if k in ARCHITECTURE_DEFAULTS}
     if "rotary_dim" in hf and "partial_rotary_factor" not in hf:
         # Ling-1T writes rotary_dim instead of partial_rotary_factor (reference §1.1, NA-PR).
@@ -48,8 +65,14 @@ def from_hf_config(hf: dict[str, Any], **runtime) -> ml_collections.ConfigDict:
         fields["partial_rotary_factor"] = int(hf["rotary_dim"]) / head_dim
     if isinstance(fields.get("eos_token_id"), list):
         fields["eos_token_id"] = fields["eos_token_id"][0]
-    for key in ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "partial_rotary_factor",
-                "mtp_loss_scaling_factor", "initializer_range"):
+    for key in (
+        "rope_theta",
+        "rms_norm_eps",
+        "routed_scaling_factor",
+        "partial_rotary_factor",
+        "mtp_loss_scaling_factor",
+        "initializer_range",
+    ):
         if key in fields and isinstance(fields[key], int):
             fields[key] = float(fields[key])
     return model_config(**fields, **runtime)
@@ -62,7 +85,9 @@ def to_hf_config(cfg, *, torch_dtype: str = "bfloat16") -> dict[str, Any]:
         value = cfg[key]
         out[key] = dict(value) if isinstance(value, ml_collections.ConfigDict) else value
     if out["moe_shared_expert_intermediate_size"] is None:
-        out["moe_shared_expert_intermediate_size"] = cfg.moe_intermediate_size * cfg.num_shared_experts
+        out["moe_shared_expert_intermediate_size"] = (
+            cfg.moe_intermediate_size * cfg.num_shared_experts
+        )
     out["rotary_dim"] = int(round(cfg.head_dim * cfg.partial_rotary_factor))
     out["routed_scaling_factor"] = float(cfg.routed_scaling_factor)  # class default is 1.0
     out["torch_dtype"] = torch_dtype

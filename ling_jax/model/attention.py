@@ -42,14 +42,24 @@ class Attention(nnx.Module):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         std = cfg.initializer_range
         self.dtype = dtype
-        self.q_proj = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), std=std, dtype=param_dtype)
-        self.k_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std=std,
-                            dtype=param_dtype)
-        self.v_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std=std,
-                            dtype=param_dtype)
-        self.o_proj = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std=std, dtype=param_dtype)
-        self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, axis_name="head_dim")
-        self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, axis_name="head_dim")
+        self.q_proj = param(
+            rngs, (d, n, h), ("embed", "heads", "head_dim"), std=std, dtype=param_dtype
+        )
+        self.k_proj = param(
+            rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std=std, dtype=param_dtype
+        )
+        self.v_proj = param(
+            rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std=std, dtype=param_dtype
+        )
+        self.o_proj = param(
+            rngs, (n, h, d), ("heads", "head_dim", "embed"), std=std, dtype=param_dtype
+        )
+        self.q_norm = RMSNorm(
+            h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, axis_name="head_dim"
+        )
+        self.k_norm = RMSNorm(
+            h, eps=cfg.rms_norm_eps, param_dtype=param_dtype, axis_name="head_dim"
+        )
 
     def qkv(self, x_BTD, cos, sin) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Projected, QK-normed, rotated q [B,T,N,H] and k, v [B,T,K,H]."""

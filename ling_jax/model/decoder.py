@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 from flax import nnx
 
 from ling_jax.model.attention import Attention
@@ -21,8 +20,14 @@ class DecoderLayer(nnx.Module):
         if use_moe:
             self.mlp = MoE(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         else:
-            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, std=cfg.initializer_range,
-                              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.mlp = SwiGLU(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                std=cfg.initializer_range,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
 
     def __call__(self, x_BTD, cos, sin, mask_B1TS, token_mask_BT=None):
         """Returns (x, (expert counts [E], router logits [B,T,E])) — the aux is None for dense."""
@@ -32,4 +37,3 @@ class DecoderLayer(nnx.Module):
             return x_BTD + self.mlp(h), None
         y, counts, logits = self.mlp(h, token_mask_BT)
         return x_BTD + y, (counts, logits)
-

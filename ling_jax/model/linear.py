@@ -13,8 +13,9 @@ def dtype_of(name: str):
     return DTYPES[name]
 
 
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], *, std: float,
-          dtype) -> nnx.Param:
+def param(
+    rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], *, std: float, dtype
+) -> nnx.Param:
     """A normal(0, std) weight tagged with its logical axis names (used by parallel/ rules)."""
     assert len(shape) == len(axes), (shape, axes)
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
@@ -23,6 +24,7 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], *, std:
 
 def project(equation: str, x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
     """einsum in the compute dtype with fp32 accumulation (2x faster for bf16 on CPU, exact in fp32)."""
-    out = jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype),
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+        equation, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32
+    )
     return out.astype(dtype)

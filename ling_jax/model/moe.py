@@ -23,33 +23,61 @@ class MoE(nnx.Module):
         std = cfg.initializer_range
         self.dtype = dtype
         self.top_k, self.n_group, self.topk_group = (
-            cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group)
+            cfg.num_experts_per_tok,
+            cfg.n_group,
+            cfg.topk_group,
+        )
         self.routed_scaling_factor = float(cfg.routed_scaling_factor)
         self.backend = cfg.moe_backend
         self.block_size = int(cfg.moe_block_size)
         # Router weight and bias stay fp32 (reference §2.7): tiny bias changes flip selections.
         self.router = param(rngs, (d, e), ("embed", "expert"), std=std, dtype=jnp.float32)
         self.expert_bias = ExpertBias(jnp.zeros((e,), jnp.float32), logical_axes=("expert",))
-        self.gate_proj = param(rngs, (e, d, f), ("expert", "embed", "mlp"), std=std, dtype=param_dtype)
-        self.up_proj = param(rngs, (e, d, f), ("expert", "embed", "mlp"), std=std, dtype=param_dtype)
-        self.down_proj = param(rngs, (e, f, d), ("expert", "mlp", "embed"), std=std, dtype=param_dtype)
+        self.gate_proj = param(
+            rngs, (e, d, f), ("expert", "embed", "mlp"), std=std, dtype=param_dtype
+        )
+        self.up_proj = param(
+            rngs, (e, d, f), ("expert", "embed", "mlp"), std=std, dtype=param_dtype
+        )
+        self.down_proj = param(
+            rngs, (e, f, d), ("expert", "mlp", "embed"), std=std, dtype=param_dtype
+        )
         self.shared = nnx.data(None)
         if cfg.num_shared_experts > 0:
-            self.shared = SwiGLU(d, shared_expert_width(cfg), std=std, dtype=dtype,
-                                 param_dtype=param_dtype, rngs=rngs)
+            self.shared = SwiGLU(
+                d,
+                shared_expert_width(cfg),
+                std=std,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
 
     def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None):
         """Returns (y [B,T,D], tokens per expert [E] int32, router logits [B,T,E] fp32)."""
         batch, length, hidden = x_BTD.shape
         x_TD = x_BTD.reshape(batch * length, hidden)
         routing = route_tokens(
-            x_TD, self.router[...], self.expert_bias[...], top_k=self.top_k, n_group=self.n_group,
-            topk_group=self.topk_group, routed_scaling_factor=self.routed_scaling_factor)
-        weights = expert_compute.ExpertWeights(self.gate_proj[...], self.up_proj[...],
-                                               self.down_proj[...])
+            x_TD,
+            self.router[...],
+            self.expert_bias[...],
+            top_k=self.top_k,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            routed_scaling_factor=self.routed_scaling_factor,
+        )
+        weights = expert_compute.ExpertWeights(
+            self.gate_proj[...], self.up_proj[...], self.down_proj[...]
+        )
         compute = expert_compute.get(self.backend)
-        y_TD = compute(x_TD, routing.expert_idx_TK, routing.weights_TK, weights, dtype=self.dtype,
-                       block_size=self.block_size)
+        y_TD = compute(
+            x_TD,
+            routing.expert_idx_TK,
+            routing.weights_TK,
+            weights,
+            dtype=self.dtype,
+            block_size=self.block_size,
+        )
         y_BTD = y_TD.reshape(batch, length, hidden).astype(self.dtype)
         if self.shared is not None:
             y_BTD = y_BTD + self.shared(x_BTD)

@@ -20,10 +20,12 @@ class MTPLayer(nnx.Module):
         self.enorm = RMSNorm(d, eps=eps, param_dtype=param_dtype)
         self.hnorm = RMSNorm(d, eps=eps, param_dtype=param_dtype)
         # Input rows are [embedding ; hidden] (HF eh_proj weight [H, 2H]).
-        self.eh_proj = param(rngs, (2 * d, d), (None, "embed"), std=cfg.initializer_range,
-                             dtype=param_dtype)
-        self.block = DecoderLayer(cfg, use_moe=True, dtype=dtype, param_dtype=param_dtype,
-                                  rngs=rngs)
+        self.eh_proj = param(
+            rngs, (2 * d, d), (None, "embed"), std=cfg.initializer_range, dtype=param_dtype
+        )
+        self.block = DecoderLayer(
+            cfg, use_moe=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
         self.final_norm = RMSNorm(d, eps=eps, param_dtype=param_dtype)
 
     def __call__(self, h_BTD, emb_next_BTD, cos, sin, mask, token_mask=None):

@@ -25,8 +25,11 @@ def _yarn(rot_dim: int, theta: float, max_pos: int, scaling: dict) -> tuple[np.n
     attention = scaling.get("attention_factor")
     if attention is None:
         ms, ms_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        attention = (_yarn_mscale(factor, ms) / _yarn_mscale(factor, ms_all)
-                     if ms and ms_all else _yarn_mscale(factor))
+        attention = (
+            _yarn_mscale(factor, ms) / _yarn_mscale(factor, ms_all)
+            if ms and ms_all
+            else _yarn_mscale(factor)
+        )
     beta_fast = scaling.get("beta_fast") or 32
     beta_slow = scaling.get("beta_slow") or 1
 
@@ -41,7 +44,8 @@ def _yarn(rot_dim: int, theta: float, max_pos: int, scaling: dict) -> tuple[np.n
     extrapolation_weight = 1.0 - ramp
     pos_freqs = theta ** (np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (
-        1.0 / pos_freqs) * extrapolation_weight
+        1.0 / pos_freqs
+    ) * extrapolation_weight
     return inv_freq.astype(np.float32), float(attention)
 
 
@@ -57,13 +61,16 @@ def rope_frequencies(cfg) -> tuple[np.ndarray, float]:
     return (1.0 / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32), 1.0
 
 
-def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, attention_scaling: float,
-                 dtype) -> tuple[jax.Array, jax.Array]:
+def rope_cos_sin(
+    positions: jax.Array, inv_freq: np.ndarray, attention_scaling: float, dtype
+) -> tuple[jax.Array, jax.Array]:
     """cos/sin [..., T, rot_dim] in fp32, scaled, then cast to the activation dtype."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return ((jnp.cos(emb) * attention_scaling).astype(dtype),
-            (jnp.sin(emb) * attention_scaling).astype(dtype))
+    return (
+        (jnp.cos(emb) * attention_scaling).astype(dtype),
+        (jnp.sin(emb) * attention_scaling).astype(dtype),
+    )
 
 
 def apply_rope(x_BTNH: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array) -> jax.Array:

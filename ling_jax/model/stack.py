@@ -22,19 +22,33 @@ REMAT_POLICIES = {
 }
 
 
-def make_stack(cfg, num_layers: int, *, use_moe: bool, dtype, param_dtype,
-               rngs: nnx.Rngs) -> DecoderLayer:
+def make_stack(
+    cfg, num_layers: int, *, use_moe: bool, dtype, param_dtype, rngs: nnx.Rngs
+) -> DecoderLayer:
     """One DecoderLayer whose every variable has a leading `layers` axis of size num_layers."""
+
     @nnx.split_rngs(splits=num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def create(layer_rngs: nnx.Rngs) -> DecoderLayer:
-        return DecoderLayer(cfg, use_moe=use_moe, dtype=dtype, param_dtype=param_dtype,
-                            rngs=layer_rngs)
+        return DecoderLayer(
+            cfg, use_moe=use_moe, dtype=dtype, param_dtype=param_dtype, rngs=layer_rngs
+        )
+
     return create(rngs)
 
 
-def apply_stack(stack: DecoderLayer, x_BTD, cos, sin, mask, token_mask, *, num_layers: int,
-                scan: bool, remat_policy: str):
+def apply_stack(
+    stack: DecoderLayer,
+    x_BTD,
+    cos,
+    sin,
+    mask,
+    token_mask,
+    *,
+    num_layers: int,
+    scan: bool,
+    remat_policy: str,
+):
     """Run the layers in order; returns (x, stacked per-layer aux or None)."""
     graphdef, state = nnx.split(stack)
 

@@ -11,7 +11,7 @@ from flax import nnx
 from ling_jax.config.model import num_moe_layers
 from ling_jax.config.validation import validate_model_config
 from ling_jax.model.attention import attention_mask
-from ling_jax.model.linear import dtype_of, param, project
+from ling_jax.model.linear import dtype_of, param
 from ling_jax.model.mtp import MTPLayer, shift_left
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
@@ -35,21 +35,32 @@ class LingForCausalLM(nnx.Module):
         self.embed = param(rngs, (v, d), ("vocab", "embed"), std=std, dtype=pdtype)
         kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
         self.num_dense, self.num_moe = cfg.first_k_dense_replace, num_moe_layers(cfg)
-        self.dense_layers = nnx.data(make_stack(cfg, self.num_dense, use_moe=False, **kw)
-                                     if self.num_dense else None)
-        self.moe_layers = nnx.data(make_stack(cfg, self.num_moe, use_moe=True, **kw)
-                                   if self.num_moe else None)
+        self.dense_layers = nnx.data(
+            make_stack(cfg, self.num_dense, use_moe=False, **kw) if self.num_dense else None
+        )
+        self.moe_layers = nnx.data(
+            make_stack(cfg, self.num_moe, use_moe=True, **kw) if self.num_moe else None
+        )
         self.final_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdtype)
         self.lm_head = param(rngs, (d, v), ("embed", "vocab"), std=std, dtype=pdtype)
         self.mtp_layers = nnx.List(
-            [MTPLayer(cfg, **kw) for _ in range(cfg.num_nextn_predict_layers)])
+            [MTPLayer(cfg, **kw) for _ in range(cfg.num_nextn_predict_layers)]
+        )
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
-        return jnp.einsum("btd,dv->btv", h_BTD.astype(self.dtype), self.lm_head[...].astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "btd,dv->btv",
+            h_BTD.astype(self.dtype),
+            self.lm_head[...].astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> ModelOutput:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> ModelOutput:
         """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding."""
         cfg = self.cfg
         batch, length = input_ids.shape
@@ -63,20 +74,23 @@ class LingForCausalLM(nnx.Module):
         x = jnp.take(embed, input_ids, axis=0).astype(self.dtype)
         run = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
         if self.dense_layers is not None:
-            x, _ = apply_stack(self.dense_layers, x, cos, sin, mask, token_mask,
-                               num_layers=self.num_dense, **run)
+            x, _ = apply_stack(
+                self.dense_layers, x, cos, sin, mask, token_mask, num_layers=self.num_dense, **run
+            )
         counts, router_logits = [], []
         if self.moe_layers is not None:
-            x, (c, r) = apply_stack(self.moe_layers, x, cos, sin, mask, token_mask,
-                                    num_layers=self.num_moe, **run)
+            x, (c, r) = apply_stack(
+                self.moe_layers, x, cos, sin, mask, token_mask, num_layers=self.num_moe, **run
+            )
             counts.append(c)
             router_logits.append(r)
         h = self.final_norm(x)
         mtp_logits, ids = [], input_ids
         for layer in self.mtp_layers:
             ids = shift_left(ids)
-            h, (c, r) = layer(h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin, mask,
-                              token_mask)
+            h, (c, r) = layer(
+                h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin, mask, token_mask
+            )
             mtp_logits.append(self.logits(h))
             counts.append(c[None])
             router_logits.append(r[None])
@@ -84,10 +98,15 @@ class LingForCausalLM(nnx.Module):
         n_exp = cfg.num_experts
         return ModelOutput(
             logits=logits,
-            mtp_logits=(jnp.stack(mtp_logits) if mtp_logits
-                        else jnp.zeros((0, batch, length, cfg.vocab_size), jnp.float32)),
-            expert_counts=(jnp.concatenate(counts) if counts
-                           else jnp.zeros((0, n_exp), jnp.int32)),
-            router_logits=(jnp.concatenate(router_logits) if router_logits
-                           else jnp.zeros((0, batch, length, n_exp), jnp.float32)),
+            mtp_logits=(
+                jnp.stack(mtp_logits)
+                if mtp_logits
+                else jnp.zeros((0, batch, length, cfg.vocab_size), jnp.float32)
+            ),
+            expert_counts=(jnp.concatenate(counts) if counts else jnp.zeros((0, n_exp), jnp.int32)),
+            router_logits=(
+                jnp.concatenate(router_logits)
+                if router_logits
+                else jnp.zeros((0, batch, length, n_exp), jnp.float32)
+            ),
         )

@@ -73,5 +73,6 @@ def block_plan(expert_idx_TK: jax.Array, num_experts: int, block_size: int) -> B
     row_slot = jnp.zeros((num_rows,), jnp.int32).at[plan.order].set(dest)
     block_start = jnp.arange(num_blocks, dtype=jnp.int32) * block_size
     owner = jnp.searchsorted(padded_ends, block_start, side="right")
-    return BlockPlan(slot_token, row_slot, jnp.minimum(owner, num_experts - 1).astype(jnp.int32),
-                     block_size)
+    return BlockPlan(
+        slot_token, row_slot, jnp.minimum(owner, num_experts - 1).astype(jnp.int32), block_size
+    )

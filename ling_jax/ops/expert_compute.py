@@ -32,6 +32,7 @@ def register(name: str) -> Callable[[Backend], Backend]:
     def wrap(fn: Backend) -> Backend:
         _REGISTRY[name] = fn
         return fn
+
     return wrap
 
 
@@ -55,8 +56,9 @@ def _load_optional_backends() -> None:
 
 
 def _mm(eq: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
-    return jnp.einsum(eq, a.astype(dtype), b.astype(dtype),
-                      preferred_element_type=jnp.float32).astype(dtype)
+    return jnp.einsum(
+        eq, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32
+    ).astype(dtype)
 
 
 @register("dense")
@@ -67,8 +69,11 @@ def dense(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_siz
     gate = _mm("td,edf->tef", x_TD, w.gate_EDF, dtype)
     up = _mm("td,edf->tef", x_TD, w.up_EDF, dtype)
     y_TED = _mm("tef,efd->ted", jax.nn.silu(gate) * up, w.down_EFD, dtype)
-    combine_TE = jnp.zeros((num_tokens, num_experts), jnp.float32).at[
-        jnp.arange(num_tokens)[:, None], expert_idx_TK].add(weights_TK.astype(jnp.float32))
+    combine_TE = (
+        jnp.zeros((num_tokens, num_experts), jnp.float32)
+        .at[jnp.arange(num_tokens)[:, None], expert_idx_TK]
+        .add(weights_TK.astype(jnp.float32))
+    )
     return jnp.einsum("ted,te->td", y_TED.astype(jnp.float32), combine_TE)
 
 
@@ -81,12 +86,14 @@ def swiglu_grouped(x_RD, group_sizes, w: ExpertWeights, gmm: Callable, dtype) ->
 
 def sorted_backend(gmm: Callable) -> Backend:
     """A backend from any grouped matmul over expert-sorted rows (ragged_dot, Pallas kernels)."""
+
     def run(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
         del block_size
         plan = dispatch.sort_by_expert(expert_idx_TK, w.gate_EDF.shape[0])
         x_RD = dispatch.gather_sorted(x_TD, plan, expert_idx_TK.shape[1])
         y_RD = swiglu_grouped(x_RD, plan.group_sizes, w, gmm, dtype)
         return dispatch.combine_sorted(y_RD, plan, weights_TK)
+
     return run
 
 

@@ -1,0 +1,39 @@
+"""`ling-jax SUBCOMMAND [--flags]`: picks the subcommand, imports only its module (so each defines
+its own absl flags), and runs it under absl.app."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Subcommand → module in ling_jax.cli; each module defines absl flags and `main(argv)`.
+SUBCOMMANDS = {
+    "train": "train",
+    "params": "params",
+    "import-hf": "import_hf",
+    "export-hf": "export_hf",
+    "logits": "logits",
+    "merge-checkpoints": "merge_checkpoints",
+    "generate": "generate",
+    "aot": "aot",
+    "train-tokenizer": "train_tokenizer",
+}
+
+
+def _usage() -> str:
+    return "usage: ling-jax {" + ",".join(SUBCOMMANDS) + "} [--flags]  (ling-jax CMD --help)"
+
+
+def run() -> None:
+    """Console-script entry point."""
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(_usage())
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
+    name = sys.argv[1]
+    if name not in SUBCOMMANDS:
+        print(f"ling-jax: unknown subcommand {name!r}. {_usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(f"ling_jax.cli.{SUBCOMMANDS[name]}")
+    from absl import app
+
+    app.run(module.main, argv=[f"ling-jax {name}", *sys.argv[2:]])
