@@ -1,0 +1,98 @@
+"""`ling-jax train --config experiments/colab_tiny.py [--config.FIELD=VALUE ...] [--workdir DIR]`."""
+
+from __future__ import annotations
+
+import time
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from ling_jax.cli.errors import user_errors_exit
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "run directory: checkpoints, metrics, plots")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "stop after this global step (smoke tests)")
+_SAMPLE_TOKENS = flags.DEFINE_integer("sample_tokens", 48, "tokens of the closing sample (0: none)")
+
+
+class ProgressReporter:
+    """A one-line progress bar: phase, step, loss, tokens/s, MFU, ETA."""
+
+    def __init__(self):
+        self.bar, self.t0, self.first_loss, self.start_step = None, time.time(), None, 0
+
+    def on_start(self, info: dict) -> None:
+        from tqdm import tqdm
+
+        total = sum(info["steps"])
+        self.start_step = info["resume_step"] or 0
+        print(f"phases {info['phases']} ({total} steps); peak {info['peak_flops'] / 1e9:.0f} "
+              f"GFLOP/s per device ({info['peak_source']}); workdir {info['workdir']}")
+        if info["resume_step"]:
+            print(f"resuming from step {info['resume_step']}")
+        self.bar = tqdm(total=total, initial=self.start_step, dynamic_ncols=True, smoothing=0.1)
+
+    def on_step(self, record: dict, info: dict) -> None:
+        if self.first_loss is None:
+            self.first_loss = record["loss"]
+        self.bar.set_description(f"{record['phase']}", refresh=False)
+        self.bar.set_postfix_str(f"loss {record['loss']:.3f} lm {record['lm_loss']:.3f} "
+                                 f"{record['tokens_per_sec']:.0f} tok/s mfu {record['mfu']:.1%}",
+                                 refresh=False)
+        self.bar.update(1)
+
+    def on_phase_end(self, info: dict) -> None:
+        self.bar.write(f"phase {info['phase']} done: loss {info['record'].get('loss', float('nan')):.3f}"
+                       f"; plot {info['plot']}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _sample(result, cfg, max_new: int) -> str:
+    from flax import nnx
+
+    from ling_jax.model.moe import ExpertBias
+    from ling_jax.model.transformer import LingForCausalLM
+    from ling_jax.train.sample import greedy_sample
+
+    prompt = cfg.get("sample_prompt", "") or "def "
+    tok = result.tokenizer
+    abstract = nnx.eval_shape(lambda: LingForCausalLM(cfg.model, rngs=nnx.Rngs(0)))
+    graphdef = nnx.split(abstract, nnx.Param, ExpertBias)[0]
+    ids = greedy_sample(graphdef, result.state["params"], result.state["biases"], tok.encode(prompt),
+                        max_new_tokens=max_new, eos_id=tok.eos_id)
+    return prompt + tok.decode(ids)
+
+
+@user_errors_exit
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
+    cfg = _CONFIG.value
+    if cfg is None:
+        raise ValueError("--config is required, e.g. --config experiments/colab_tiny.py")
+    from ling_jax.train.experiment import validate_experiment
+    from ling_jax.train.loop import run_experiment
+
+    validate_experiment(cfg)  # before anything is built or compiled
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    reporter = ProgressReporter()
+    try:
+        result = run_experiment(cfg, _WORKDIR.value, reporter=reporter, max_steps=_MAX_STEPS.value)
+    finally:
+        reporter.close()
+    m = result.final_metrics
+    status = "preempted (checkpoint saved)" if result.preempted else "finished"
+    print(f"\n{status} at step {result.global_step} in {time.time() - reporter.t0:.0f} s")
+    if m:
+        print(f"final loss {m['loss']:.4f} (lm {m['lm_loss']:.4f}, mtp {m['mtp_loss']:.4f}); "
+              f"first step loss {reporter.first_loss:.4f}" if reporter.first_loss else "")
+    print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
+          f"(TensorBoard: {result.workdir / 'tensorboard'})")
+    for plot in result.plots:
+        print(f"plot: {plot}")
+    if _SAMPLE_TOKENS.value and not result.preempted:
+        print("sample:\n" + _sample(result, cfg, _SAMPLE_TOKENS.value))

@@ -1,0 +1,189 @@
+"""The train loop's data pipeline: sources -> documents -> packed rows -> weighted mix -> batches.
+
+Per source (grain): MapDataset over records, sliced for this process (process_index::count),
+shuffled by a per-source seed and repeated forever (reshuffled each epoch), mapped to document
+features (tokenize, per-document targets, id checks), read ahead by threads, then packed greedily.
+Sources are packed separately and mixed row by row with `grain.IterDataset.mix`, so a weight is
+the share of rows (about the share of tokens). Optional grain worker processes (num_workers > 0)
+each take a slice of every source; the output stays deterministic but depends on num_workers.
+
+Worker processes are spawned: the main module is re-imported in each worker (keep a
+`if __name__ == "__main__":` guard in scripts) and absl flags are marked parsed there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+
+from ling_jax.data.builtin import ArithmeticSource, PythonSource
+from ling_jax.data.config import validate_data_config
+from ling_jax.data.documents import DocumentEncoder
+from ling_jax.data.packing import STAT_KEYS, PackedIterDataset
+from ling_jax.data.sources import ArrayRecordSource, JsonlSource, TextSource, TfdsSource
+from ling_jax.data.tokenizers import Tokenizer
+
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+_MIN_SHUFFLED_EPOCH = 4096
+
+# kind -> builder(source spec, pipeline seed) -> random-access source of records.
+SOURCE_BUILDERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
+    "builtin_python": lambda s, seed: PythonSource(
+        s["split"], max_files=s["max_files"], max_bytes=s["max_bytes"], name=s["label"]),
+    "builtin_arithmetic": lambda s, seed: ArithmeticSource(
+        s["split"], num_docs=int(s["num_docs"]), difficulty=s["difficulty"],
+        seed=seed if s["seed"] is None else int(s["seed"]), mask_prompt=s["mask_prompt"],
+        name=s["label"]),
+    "array_record": lambda s, seed: ArrayRecordSource(s["path"], name=s["label"]),
+    "jsonl": lambda s, seed: JsonlSource(
+        s["path"], name=s["label"], text_key=s["text_key"], prompt_key=s["prompt_key"],
+        completion_key=s["completion_key"]),
+    "text": lambda s, seed: TextSource(s["path"], name=s["label"], split_on=s["split_on"]),
+    "tfds": lambda s, seed: TfdsSource(
+        s["name"], split=s["split"], data_dir=s["data_dir"], text_key=s["text_key"],
+        tokens_key=s["tokens_key"], source_name=s["label"]),
+}
+
+
+def _source_seed(seed: int, label: str) -> int:
+    """A shuffle seed per source, stable across runs (no Python hash randomisation)."""
+    return int(hashlib.sha256(f"{seed}:{label}".encode()).hexdigest()[:8], 16)
+
+
+def _mark_flags_parsed() -> None:
+    """grain reads its absl flags when it starts workers; outside an absl app they are unparsed
+    (UnparsedFlagAccessError), so take their defaults. A parsed app keeps its values."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Runs first in each grain worker: a spawned process starts with unparsed absl flags."""
+    del worker_index, worker_count
+    _mark_flags_parsed()
+
+
+def _packed_source(spec: dict[str, Any], cfg: dict[str, Any], index: int, *, seq_len: int,
+                   tokenizer: Tokenizer | None, vocab_size: int, seed: int, pad_id: int,
+                   process_index: int, process_count: int) -> grain.IterDataset:
+    """One source's chain, from records to packed rows."""
+    label = spec["label"]
+    records = SOURCE_BUILDERS[spec["kind"]](spec, seed)
+    ds = grain.MapDataset.source(records)[process_index::process_count]
+    if len(ds) < max(cfg["num_workers"], 1):
+        raise ValueError(f"source {label!r} has {len(records)} documents: too few for "
+                         f"process_count={process_count} x num_workers={cfg['num_workers']}")
+    if cfg["shuffle"]:
+        # grain re-derives the shuffle each epoch (~15 ms): a small source is repeated first so
+        # that one shuffled epoch holds at least _MIN_SHUFFLED_EPOCH documents.
+        ds = ds.repeat(-(-_MIN_SHUFFLED_EPOCH // len(ds))).shuffle(seed=_source_seed(seed, label))
+    # Two epochs' worth of consecutive empty documents means the (slice of the) source is empty.
+    max_empty = 2 * len(ds) * max(cfg["num_workers"], 1)
+    ds = ds.repeat(None).map(DocumentEncoder(label, tokenizer, vocab_size, pad_id=pad_id,
+                                             add_bos=cfg["add_bos"]))
+    read = grain.ReadOptions(num_threads=cfg["read_threads"],
+                             prefetch_buffer_size=cfg["read_buffer_size"])
+    return PackedIterDataset(ds.to_iter_dataset(read), seq_len, source_name=label,
+                             source_id=index, long_docs=spec["long_docs"], pad_id=pad_id,
+                             max_consecutive_empty=max_empty)
+
+
+def build_dataset(data_cfg: Any, *, seq_len: int, batch_size: int, tokenizer: Tokenizer | None,
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  vocab_size: int | None = None) -> tuple[grain.IterDataset, list[str]]:
+    """The grain dataset of per-process batches (with stats/* fields) and the source labels."""
+    cfg = validate_data_config(data_cfg)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size={batch_size} is not divisible by "
+                         f"process_count={process_count}")
+    if vocab_size is None:
+        if tokenizer is None:
+            raise ValueError("give a tokenizer or vocab_size to the data pipeline")
+        vocab_size = tokenizer.vocab_size
+    pad_id = 0 if tokenizer is None or tokenizer.pad_id is None else tokenizer.pad_id
+    packed = [_packed_source(spec, cfg, i, seq_len=seq_len, tokenizer=tokenizer,
+                             vocab_size=vocab_size, seed=seed, pad_id=pad_id,
+                             process_index=process_index, process_count=process_count)
+              for i, spec in enumerate(cfg["sources"])]
+    weights = [float(spec["weight"]) for spec in cfg["sources"]]
+    ds = packed[0] if len(packed) == 1 else grain.IterDataset.mix(packed, weights)
+    ds = ds.batch(batch_size // process_count, drop_remainder=True)
+    if cfg["num_workers"] > 0:
+        _mark_flags_parsed()
+        options = grain.MultiprocessingOptions(num_workers=cfg["num_workers"],
+                                               per_worker_buffer_size=cfg["worker_buffer_size"])
+        ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
+    return ds, [spec["label"] for spec in cfg["sources"]]
+
+
+class DataIterator:
+    """Batches for the trainer, with a checkpointable state and per-source counters.
+
+    Each batch: inputs/targets/segment_ids/positions int32 [B, T], loss_mask float32 [B, T],
+    where B = batch_size // process_count. `stats` maps source label -> counters (rows, docs,
+    empty_docs, split_docs, tokens, target_tokens); it is part of the state.
+    """
+
+    def __init__(self, iterator: grain.DatasetIterator, labels: list[str]):
+        self._it = iterator
+        self.labels = labels
+        self.stats = {label: self._zero_stats() for label in labels}
+
+    @staticmethod
+    def _zero_stats() -> dict[str, int]:
+        return {"rows": 0, "docs": 0, "empty_docs": 0, "split_docs": 0, "tokens": 0,
+                "target_tokens": 0}
+
+    def __iter__(self) -> DataIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._it)
+        sources = batch.pop("stats/source")
+        counts = {key: batch.pop(key) for key in STAT_KEYS}
+        tokens = (batch["segment_ids"] > 0).sum(axis=1)
+        targets = batch["loss_mask"].sum(axis=1)
+        for row, source in enumerate(sources):
+            stats = self.stats[self.labels[int(source)]]
+            stats["rows"] += 1
+            stats["tokens"] += int(tokens[row])
+            stats["target_tokens"] += int(targets[row])
+            for key, values in counts.items():
+                stats[key.removeprefix("stats/")] += int(values[row])
+        return {key: batch[key] for key in BATCH_KEYS}
+
+    def get_state(self) -> dict[str, Any]:
+        """A JSON-serialisable state; set_state(state) resumes with exactly the same batches."""
+        return {"grain": self._it.get_state(),
+                "stats": {k: dict(v) for k, v in self.stats.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(state["grain"])
+        self.stats = {k: {s: int(n) for s, n in v.items()} for k, v in state["stats"].items()}
+
+    def close(self) -> None:
+        """Stops worker processes, if any."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+def make_pipeline(data_cfg: Any, *, seq_len: int, batch_size: int,
+                  tokenizer: Tokenizer | None, seed: int, process_index: int = 0,
+                  process_count: int = 1, vocab_size: int | None = None) -> DataIterator:
+    """The trainer's batch iterator for one phase's mixture (see module docstring).
+
+    batch_size is global: this process yields batch_size // process_count rows per batch.
+    vocab_size (default: the tokenizer's) bounds the token ids; a larger id raises ValueError.
+    """
+    ds, labels = build_dataset(data_cfg, seq_len=seq_len, batch_size=batch_size,
+                               tokenizer=tokenizer, seed=seed, process_index=process_index,
+                               process_count=process_count, vocab_size=vocab_size)
+    return DataIterator(iter(ds), labels)

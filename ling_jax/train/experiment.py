@@ -1,0 +1,150 @@
+"""Experiment configs: a model, a tokenizer and an ordered list of phases, validated up front.
+
+An experiment is an ml_collections ConfigDict (see experiments/colab_tiny.py):
+  model: a model ConfigDict (ling_jax.config), tokenizer: {kind: builtin|hf, ...}, seed,
+  optimizer: AdamW fields (ling_jax.train.optimizer), checkpoint: {every_steps, keep, keep_every,
+  async_save}, log_every, phase_order: tuple of phase names, phases: {name: phase}.
+A phase: kind (a key of ling_jax.train.phases.PHASE_KINDS), steps or tokens, seq_len, batch_size,
+  microbatches, data (ling_jax.data mixture), lr (ling_jax.train.schedules), rope {theta, scaling,
+  max_position_embeddings}, bias_update_rate, mtp_weight, z_loss, checkpoint_every (0: experiment's).
+Phases are addressed by name so CLI overrides read `--config.phases.pretrain.steps=50`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from ling_jax.config import ConfigError, validate_model_config
+from ling_jax.data.config import validate_data_config
+from ling_jax.train.schedules import make_schedule
+
+PHASE_DEFAULTS: dict[str, Any] = dict(
+    kind="pretrain", steps=0, tokens=0, seq_len=256, batch_size=8, microbatches=1,
+    lr=None, rope=None, bias_update_rate=1e-3, mtp_weight=None, z_loss=0.0, checkpoint_every=0,
+    sample_prompt="",
+)
+
+
+class ExperimentError(ConfigError):
+    """An experiment config that cannot run; names the field."""
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ExperimentError(f"{field}: {message}")
+
+
+def phase_names(cfg) -> list[str]:
+    return list(cfg.phase_order)
+
+
+def phase_steps(phase) -> int:
+    """Steps of a phase: `steps`, or `tokens` divided by tokens per step (rounded up)."""
+    if phase.get("steps", 0):
+        return int(phase.steps)
+    per_step = phase.seq_len * phase.batch_size
+    return -(-int(phase.tokens) // per_step)
+
+
+def phase_model_config(model_cfg, phase) -> ml_collections.ConfigDict:
+    """The model config a phase runs with: RoPE θ / YaRN / context overrides (context extension)."""
+    cfg = model_cfg.copy_and_resolve_references()
+    rope = phase.get("rope", None) or {}
+    if rope.get("theta"):
+        cfg.rope_theta = float(rope["theta"])
+    if rope.get("max_position_embeddings"):
+        cfg.max_position_embeddings = int(rope["max_position_embeddings"])
+    if rope.get("scaling"):
+        cfg.rope_scaling = dict(rope["scaling"])
+    return cfg
+
+
+def _validate_phase(name: str, phase, cfg) -> None:
+    from ling_jax.train.phases import PHASE_KINDS
+
+    where = f"phases.{name}"
+    unknown = sorted(set(phase.keys()) - set(PHASE_DEFAULTS) - {"data", "rl"})
+    _require(not unknown, where, f"unknown field(s) {unknown}; allowed {sorted(PHASE_DEFAULTS)}")
+    _require(phase.kind in PHASE_KINDS, f"{where}.kind",
+             f"{phase.kind!r} is not one of {sorted(PHASE_KINDS)}")
+    _require(bool(phase.get("steps", 0)) != bool(phase.get("tokens", 0)), where,
+             "set exactly one of `steps` or `tokens` (> 0)")
+    for field in ("seq_len", "batch_size", "microbatches"):
+        value = phase.get(field)
+        _require(isinstance(value, int) and value > 0, f"{where}.{field}",
+                 f"must be a positive int, got {value!r}")
+    _require(phase.batch_size % phase.microbatches == 0, f"{where}.batch_size",
+             f"{phase.batch_size} must be divisible by microbatches={phase.microbatches}")
+    _require(phase.seq_len <= phase_model_config(cfg.model, phase).max_position_embeddings,
+             f"{where}.seq_len", f"{phase.seq_len} exceeds model max_position_embeddings; raise it "
+             "with phases.<name>.rope.max_position_embeddings")
+    _require(phase.get("lr") is not None, f"{where}.lr", "missing learning-rate schedule")
+    try:
+        make_schedule(phase.lr)
+    except ValueError as e:
+        raise ExperimentError(f"{where}.lr: {e}") from None
+    try:
+        validate_model_config(phase_model_config(cfg.model, phase))
+    except ConfigError as e:
+        raise ExperimentError(f"{where}.rope: {e}") from None
+    try:
+        validate_data_config(phase.data)
+    except ValueError as e:
+        raise ExperimentError(f"{where}.data: {e}") from None
+    _require(phase.bias_update_rate >= 0, f"{where}.bias_update_rate", "must be >= 0")
+    PHASE_KINDS[phase.kind].validate(name, phase, cfg)
+
+
+def validate_experiment(cfg) -> None:
+    """Raise ExperimentError naming the first impossible field; builds and compiles nothing."""
+    for field in ("model", "phase_order", "phases", "optimizer", "tokenizer", "checkpoint"):
+        _require(field in cfg, field, "missing")
+    try:
+        validate_model_config(cfg.model)
+    except ConfigError as e:
+        raise ExperimentError(str(e)) from None
+    names = phase_names(cfg)
+    _require(len(names) > 0, "phase_order", "needs at least one phase")
+    _require(len(set(names)) == len(names), "phase_order", f"duplicate phase names in {names}")
+    for name in names:
+        _require(name in cfg.phases, "phase_order", f"names phase {name!r} missing from `phases` "
+                 f"(defined: {sorted(cfg.phases.keys())})")
+        _validate_phase(name, cfg.phases[name], cfg)
+    _require(cfg.tokenizer.kind in ("builtin", "hf"), "tokenizer.kind",
+             f"{cfg.tokenizer.kind!r} is not one of ['builtin', 'hf']")
+    _require(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+
+
+def with_phase_defaults(phase: dict) -> ml_collections.ConfigDict:
+    """A phase ConfigDict with every field present (so CLI overrides of any field work)."""
+    return ml_collections.ConfigDict({**PHASE_DEFAULTS, **phase})
+
+
+# Builders the experiment presets in experiments/ share.
+
+def paper_optimizer() -> ml_collections.ConfigDict:
+    """AdamW 0.9/0.95, weight decay 0.1, clip 1.0 (reference §6)."""
+    return ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                                          max_grad_norm=1.0, mu_dtype="float32"))
+
+
+def checkpointing(every_steps: int, keep: int = 3, keep_every: int = 0) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(every_steps=every_steps, keep=keep, keep_every=keep_every,
+                                          async_save=True))
+
+
+def named_phases(*named: tuple[str, dict]) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
+    """(phase_order, phases) from (name, fields) pairs, every field present for CLI overrides."""
+    return tuple(n for n, _ in named), ml_collections.ConfigDict(
+        {n: with_phase_defaults(fields) for n, fields in named})
+
+
+def experiment(model, *, tokenizer: dict, phases: list, checkpoint, seed: int = 0,
+               log_every: int = 1, sample_prompt: str = "") -> ml_collections.ConfigDict:
+    order, phase_dict = named_phases(*phases)
+    return ml_collections.ConfigDict(dict(
+        model=model, tokenizer=ml_collections.ConfigDict(tokenizer), seed=seed,
+        optimizer=paper_optimizer(), checkpoint=checkpoint, log_every=log_every,
+        phase_order=order, phases=phase_dict, sample_prompt=sample_prompt))
