@@ -53,6 +53,7 @@ def _load_optional_backends() -> None:
         import ling_jax.ops.pallas_backends  # noqa: F401
     except ImportError:
         pass
+    import ling_jax.ops.ep_transport  # noqa: F401  (expert-parallel backends register themselves)
 
 
 def _mm(eq: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
@@ -63,8 +64,12 @@ def _mm(eq: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
 
 @register("dense")
 def dense(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
-    """Every expert on every token, masked by the combine weights (the reference; E× the work)."""
-    del block_size
+    """Every expert on every token, masked by the combine weights (the reference; E× the work).
+
+    Runs in fp32 whatever `dtype` says: it is the reference, and XLA:CPU lacks some bf16→f32 dots.
+    """
+    del block_size, dtype
+    dtype = jnp.float32
     num_tokens, num_experts = x_TD.shape[0], w.gate_EDF.shape[0]
     gate = _mm("td,edf->tef", x_TD, w.gate_EDF, dtype)
     up = _mm("td,edf->tef", x_TD, w.up_EDF, dtype)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import base64
 import os
-import pathlib
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 _STATE, _META = "state", "meta"
 _TRASH = "to_delete"  # orbax renames retired steps here (atomic), we then remove them
@@ -64,13 +63,17 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def _stored_spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) as stored on disk: orbax writes typed PRNG keys as their uint32 key data."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.eval_shape(jax.random.key_data, leaf)
+    return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
 def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{'a/b/c': (shape, dtype)} in flatten order for a tree of arrays or array metadata."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype))
-        for path, leaf in leaves
-    }
+    return {"/".join(_key_name(k) for k in path): _stored_spec(leaf) for path, leaf in leaves}
 
 
 def _check_matches(saved: dict, wanted: dict, step: int) -> None:
@@ -103,7 +106,7 @@ class CheckpointStore:
             raise ValueError(f"keep must be >= 1 (newest checkpoints kept), got {keep}")
         if keep_every is not None and keep_every < 1:
             raise ValueError(f"keep_every must be None or >= 1, got {keep_every}")
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = epath.Path(directory)  # local or a bucket (gs://...)
         policies = [ocp.checkpoint_managers.LatestN(keep)]
         if keep_every is not None:  # steps that are multiples of keep_every are never deleted
             policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
@@ -124,7 +127,7 @@ class CheckpointStore:
         trash = self.directory / _TRASH
         if jax.process_index() == 0 and trash.is_dir():
             for entry in trash.iterdir():
-                shutil.rmtree(entry, ignore_errors=True)
+                entry.rmtree()
 
     def save(
         self, step: int, state: Any, meta: dict, data_state: dict | None = None, *, force: bool = False
@@ -151,13 +154,11 @@ class CheckpointStore:
         if not self._manager.save(step, args=args, force=True):
             raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
 
-    def _step_dir(self, step: int) -> pathlib.Path:
-        return self.directory / str(step)
-
     def all_steps(self) -> list[int]:
         """Steps with a committed checkpoint, ascending (an in-flight save is not listed)."""
-        # The final directory name appears only at commit (atomic rename of the tmp dir).
-        return sorted(s for s in self._manager.all_steps() if self._step_dir(s).is_dir())
+        # Local disks: the final name appears only at commit (rename of the tmp dir); buckets: a commit file.
+        finalized = lambda s: ocp.step.is_path_finalized(self.directory / str(s))
+        return sorted(s for s in self._manager.all_steps() if finalized(s))
 
     def latest_step(self) -> int | None:
         """Newest committed step, or None when there is none."""
@@ -166,6 +167,7 @@ class CheckpointStore:
 
     def restore(self, step: int | None = None, *, abstract_state: Any) -> tuple[Any, dict, dict | None]:
         """(state, meta, data_state) of `step` (default: latest), laid out as `abstract_state`."""
+        self._manager.wait_until_finished()  # a save of ours still in flight counts once committed
         steps = self.all_steps()
         if not steps:
             raise ValueError(f"no complete checkpoint in {self.directory}: nothing to restore")

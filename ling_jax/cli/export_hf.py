@@ -1,0 +1,54 @@
+"""`ling-jax export-hf --checkpoint CKPT --out DIR`: model checkpoint → HF Ling 2.0 directory."""
+
+from __future__ import annotations
+
+import re
+
+from absl import flags, logging
+
+from ling_jax.cli.errors import user_errors_exit
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model checkpoint directory (import-hf or a "
+                                  "train step's model)")
+_OUT = flags.DEFINE_string("out", None, "HF directory to create")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16",
+                           "bfloat16 | float32 | fp8 (E4M3 128x128 blocks + _scale_inv)")
+_MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GiB",
+                                 "shard size limit: bytes or a number with KB/MB/GB (10^3) or "
+                                 "KiB/MiB/GiB (2^10)")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "directory whose tokenizer files are copied")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --out directory")
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' → 5*10^9, '5GiB' → 5*2^30, '1000' → 1000 (the HF max_shard_size convention)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _UNITS:
+        raise ValueError(f"--max_shard_size {text!r}: use bytes or a number with one of "
+                         "KB, MB, GB, KiB, MiB, GiB")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise ValueError(f"--max_shard_size {text!r}: must be positive")
+    return size
+
+
+@user_errors_exit
+def main(argv) -> None:
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore step at INFO
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
+    if not _CHECKPOINT.value or not _OUT.value:
+        raise ValueError("--checkpoint CKPT and --out DIR are both required")
+    max_shard_bytes = parse_size(_MAX_SHARD.value)
+    from ling_jax.interop import hf_export, model_checkpoint
+
+    options = dict(dtype=_DTYPE.value, max_shard_bytes=max_shard_bytes,
+                   tokenizer_dir=_TOKENIZER.value, overwrite=_OVERWRITE.value)
+    hf_export.check_export_args(_OUT.value, **options)  # before the (large) model is loaded
+    model, cfg = model_checkpoint.load_model(_CHECKPOINT.value)
+    out = hf_export.export_hf(model, cfg, _OUT.value, **options)
+    print(f"exported {_CHECKPOINT.value} → {out} ({_DTYPE.value})")

@@ -1,0 +1,52 @@
+"""`ling-jax import-hf --hf DIR --out CKPT`: a HF Ling 2.0 directory → model checkpoint."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import flags, logging
+
+from ling_jax.cli.errors import user_errors_exit
+
+_HF = flags.DEFINE_string("hf", None, "HF checkpoint directory (config.json + safetensors)")
+_OUT = flags.DEFINE_string("out", None, "model checkpoint directory to create")
+_DTYPES = ("auto", "float32", "bfloat16")
+_DTYPE = flags.DEFINE_string("dtype", "auto",
+                           "stored parameter dtype; auto = the checkpoint's torch_dtype "
+                           "(FP8 → bfloat16)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --out directory")
+
+
+def _param_dtype(hf_dir: pathlib.Path, choice: str) -> str:
+    if choice != "auto":
+        return choice
+    try:
+        torch_dtype = json.loads((hf_dir / "config.json").read_text()).get("torch_dtype")
+    except (OSError, ValueError, AttributeError):
+        torch_dtype = None  # read_config reports the problem with its file and field
+    return "float32" if torch_dtype == "float32" else "bfloat16"
+
+
+@user_errors_exit
+def main(argv) -> None:
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore step at INFO
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
+    if not _HF.value or not _OUT.value:
+        raise ValueError("--hf DIR and --out CKPT are both required")
+    if _DTYPE.value not in _DTYPES:
+        raise ValueError(f"--dtype {_DTYPE.value!r} is not one of {list(_DTYPES)}")
+    # Heavy imports after flag checks, so usage errors answer at once.
+    from ling_jax.interop import hf_import, model_checkpoint
+
+    hf_dir = pathlib.Path(_HF.value)
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"--hf: directory {hf_dir} not found")
+    model_checkpoint.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value)
+    dtype = _param_dtype(hf_dir, _DTYPE.value)
+    model, cfg = hf_import.load_model(hf_dir, dtype=dtype, param_dtype=dtype)
+    out = model_checkpoint.save_model(_OUT.value, model, cfg, overwrite=_OVERWRITE.value)
+    print(f"imported {hf_dir} → {out} ({cfg.num_hidden_layers} layers + "
+          f"{cfg.num_nextn_predict_layers} MTP, params {dtype})")
