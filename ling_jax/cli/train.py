@@ -92,6 +92,9 @@ def main(argv) -> None:
               f"first step loss {reporter.first_loss:.4f}" if reporter.first_loss else "")
     print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
           f"(TensorBoard: {result.workdir / 'tensorboard'})")
+    if result.final_model:
+        print(f"final model: {result.final_model} (ling-jax export-hf --checkpoint "
+              f"{result.final_model} --out DIR)")
     for plot in result.plots:
         print(f"plot: {plot}")
     if _SAMPLE_TOKENS.value and not result.preempted:

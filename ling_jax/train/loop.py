@@ -53,6 +53,7 @@ class RunResult:
     checkpoint_dir: pathlib.Path
     state: dict  # final train state (params, biases, opt_state, step)
     tokenizer: Any
+    final_model: pathlib.Path | None = None  # model checkpoint of the final state
 
 
 class _Preemption:
@@ -105,80 +106,126 @@ def _peak_flops() -> tuple[float, str]:
     return flops.measure_cpu_peak_flops(), "measured bf16 matmul"
 
 
+@dataclasses.dataclass
+class _Position:
+    """Where a run is: phase, step inside it, global step, and the phase's data state."""
+
+    phase_index: int
+    step_in_phase: int
+    global_step: int
+    data_state: dict | None
+
+
+class _Run:
+    """One execution of run_experiment: owns the store, the metrics log and the step loop."""
+
+    def __init__(self, cfg, workdir: pathlib.Path, reporter: Reporter, shard_fn,
+                 max_steps: int | None):
+        self.cfg, self.workdir, self.reporter = cfg, workdir, reporter
+        self.shard_fn, self.max_steps = shard_fn, max_steps
+        self.tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, workdir)
+        self.names = phase_names(cfg)
+        self.lengths = [phase_steps(cfg.phases[n]) for n in self.names]
+        self.starts = np.cumsum([0, *self.lengths]).tolist()
+        ck = cfg.checkpoint
+        self.store = CheckpointStore(workdir / "checkpoints", keep=ck.keep,
+                                     keep_every=ck.keep_every or None, async_save=ck.async_save)
+        self.plots: list[pathlib.Path] = []
+        self.last: dict = {}
+
+    def initial_state(self) -> tuple[dict, _Position, int | None]:
+        """A fresh state, or the latest complete checkpoint's."""
+        optimizer = make_phase_optimizer(PhaseContext(self.cfg, self.tokenizer, 0, 0),
+                                         self.cfg.phases[self.names[0]])
+        resume = self.store.latest_step()
+        if resume is None:
+            return init_state(self.cfg, optimizer), _Position(0, 0, 0, None), None
+        abstract = jax.eval_shape(lambda: init_state(self.cfg, optimizer))
+        state, meta, data_state = self.store.restore(resume, abstract_state=abstract)
+        index, step = meta["phase_index"], meta["step_in_phase"]
+        return state, _Position(index, step, int(self.starts[index] + step), data_state), resume
+
+    def _save(self, state, pos: _Position, runner, phase_done: bool) -> None:
+        meta = {"phase_index": pos.phase_index + phase_done, "phase": self.names[pos.phase_index],
+                "step_in_phase": 0 if phase_done else pos.step_in_phase}
+        data = None if phase_done else runner.data_state()
+        self.store.save(pos.global_step, state, meta, data, force=True)
+
+    def run_phase(self, state, pos: _Position, log: MetricsLog, peak: float,
+                  preemption: _Preemption) -> tuple[dict, bool]:
+        """Steps of the current phase from pos; returns (state, stopped early)."""
+        name = self.names[pos.phase_index]
+        phase = self.cfg.phases[name]
+        ctx = PhaseContext(self.cfg, self.tokenizer, pos.phase_index, self.starts[pos.phase_index],
+                           jax.process_index(), jax.process_count(), self.shard_fn)
+        runner = PHASE_KINDS[phase.kind](ctx, name, phase)
+        if pos.data_state is not None and pos.step_in_phase > 0:
+            runner.set_data_state(pos.data_state)
+        step_flops = flops.training_flops_per_step(runner.model_cfg, phase.seq_len,
+                                                   phase.seq_len * phase.batch_size)
+        every = phase.checkpoint_every or self.cfg.checkpoint.every_steps
+        length, last_phase = self.lengths[pos.phase_index], pos.phase_index == len(self.names) - 1
+        stopped = self.max_steps is not None and pos.global_step >= self.max_steps
+        while pos.step_in_phase < length and not stopped:
+            t0 = time.perf_counter()
+            state, metrics = runner.step(state)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - t0
+            pos.step_in_phase += 1
+            pos.global_step += 1
+            self.last = {"phase": name, "step": pos.global_step, "phase_step": pos.step_in_phase,
+                         **to_jsonable(metrics), "step_time": seconds,
+                         "tokens_per_sec": float(metrics.get("tokens", 0)) / seconds,
+                         "mfu": flops.mfu(step_flops, seconds, peak, jax.device_count())}
+            log.write(self.last)
+            self.reporter.on_step(self.last, {"total_steps": self.starts[-1], "phase_steps": length})
+            done = pos.step_in_phase == length
+            stop = preemption.requested or (self.max_steps is not None
+                                            and pos.global_step >= self.max_steps)
+            if stop or done or (every and pos.global_step % every == 0):
+                self._save(state, pos, runner, done)
+            stopped = stop and not (done and last_phase)
+        runner.close()
+        if pos.step_in_phase == length:
+            self.plots.append(plot_phase(read_metrics(self.workdir), name,
+                                         self.workdir / f"phase_{name}.png"))
+            self.reporter.on_phase_end({"phase": name, "plot": str(self.plots[-1]),
+                                        "record": self.last})
+            pos.phase_index, pos.step_in_phase, pos.data_state = pos.phase_index + 1, 0, None
+        return state, stopped
+
+
 def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=None,
                    max_steps: int | None = None) -> RunResult:
     """Run (or resume) every phase of `cfg` in `workdir`; `max_steps` stops early (tests)."""
     validate_experiment(cfg)
-    reporter = reporter or _Silent()
     workdir = pathlib.Path(workdir)
     _check_workdir(workdir, cfg)
-    tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, workdir)
-    names = phase_names(cfg)
-    lengths = [phase_steps(cfg.phases[n]) for n in names]
-    starts = np.cumsum([0, *lengths]).tolist()
-    first_ctx = PhaseContext(cfg, tokenizer, 0, 0)
-    abstract = jax.eval_shape(lambda: init_state(cfg, make_phase_optimizer(first_ctx, cfg.phases[names[0]])))
-    ck = cfg.checkpoint
-    store = CheckpointStore(workdir / "checkpoints", keep=ck.keep, keep_every=ck.keep_every or None,
-                            async_save=ck.async_save)
-    resume = store.latest_step()
-    if resume is None:
-        state, meta, data_state = init_state(cfg, make_phase_optimizer(first_ctx, cfg.phases[names[0]])), None, None
-        phase_index, step_in_phase = 0, 0
-    else:
-        state, meta, data_state = store.restore(resume, abstract_state=abstract)
-        phase_index, step_in_phase = meta["phase_index"], meta["step_in_phase"]
-    global_step = int(starts[phase_index] + step_in_phase)
+    run = _Run(cfg, workdir, reporter or _Silent(), shard_fn, max_steps)
+    state, pos, resume = run.initial_state()
     peak, peak_source = _peak_flops()
-    log = MetricsLog(workdir, resume_step=global_step)
-    reporter.on_start({"phases": names, "steps": lengths, "resume_step": resume, "peak_flops": peak,
-                       "peak_source": peak_source, "workdir": str(workdir)})
-    plots, last, preempted = [], {}, False
+    log = MetricsLog(workdir, resume_step=pos.global_step)
+    run.reporter.on_start({"phases": run.names, "steps": run.lengths, "resume_step": resume,
+                           "peak_flops": peak, "peak_source": peak_source, "workdir": str(workdir)})
+    stopped = False
     with _Preemption() as preemption:
-        while phase_index < len(names) and not preempted:
-            name = names[phase_index]
-            phase = cfg.phases[name]
-            ctx = PhaseContext(cfg, tokenizer, phase_index, starts[phase_index], jax.process_index(),
-                               jax.process_count(), shard_fn)
-            runner = PHASE_KINDS[phase.kind](ctx, name, phase)
-            if data_state is not None and step_in_phase > 0:
-                runner.set_data_state(data_state)
-            step_flops = flops.training_flops_per_step(runner.model_cfg, phase.seq_len,
-                                                       phase.seq_len * phase.batch_size)
-            every = phase.checkpoint_every or ck.every_steps
-            while step_in_phase < lengths[phase_index]:
-                if max_steps is not None and global_step >= max_steps:
-                    preempted = True
-                    break
-                t0 = time.perf_counter()
-                state, metrics = runner.step(state)
-                metrics = jax.device_get(metrics)
-                seconds = time.perf_counter() - t0
-                step_in_phase += 1
-                global_step += 1
-                record = {"phase": name, "step": global_step, "phase_step": step_in_phase,
-                          **to_jsonable(metrics), "step_time": seconds,
-                          "tokens_per_sec": float(metrics.get("tokens", 0)) / seconds,
-                          "mfu": flops.mfu(step_flops, seconds, peak, jax.device_count())}
-                log.write(record)
-                last = record
-                reporter.on_step(record, {"total_steps": starts[-1], "phase_steps": lengths[phase_index]})
-                phase_done = step_in_phase == lengths[phase_index]
-                if preemption.requested or phase_done or (every and global_step % every == 0):
-                    meta = {"phase_index": phase_index + phase_done, "phase": name,
-                            "step_in_phase": 0 if phase_done else step_in_phase}
-                    store.save(global_step, state, meta,
-                               None if phase_done else runner.data_state(), force=True)
-                if preemption.requested:
-                    preempted = True
-                    break
-            runner.close()
-            if step_in_phase == lengths[phase_index]:
-                plots.append(plot_phase(read_metrics(workdir), name, workdir / f"phase_{name}.png"))
-                reporter.on_phase_end({"phase": name, "plot": str(plots[-1]), "record": last})
-                phase_index, step_in_phase, data_state = phase_index + 1, 0, None
-    store.wait()
-    store.close()
+        while pos.phase_index < len(run.names) and not stopped:
+            state, stopped = run.run_phase(state, pos, log, peak, preemption)
+    run.store.wait()
+    run.store.close()
     log.close()
-    return RunResult(workdir, global_step, preempted, last, plots, workdir / "checkpoints", state,
-                     tokenizer)
+    final_model = None
+    if not stopped and cfg.checkpoint.get("export_final_model", True):
+        final_model = export_final_model(workdir / "final_model", state, cfg.model)
+    return RunResult(workdir, pos.global_step, stopped, run.last, run.plots,
+                     workdir / "checkpoints", state, run.tokenizer, final_model)
+
+
+def export_final_model(path: pathlib.Path, state: dict, model_cfg) -> pathlib.Path:
+    """The trained model as a model checkpoint (`ling-jax export-hf --checkpoint PATH` reads it)."""
+    from ling_jax.interop.model_checkpoint import atomic_output_dir, write_model_dir
+    from ling_jax.train.merge_run import model_state
+
+    with atomic_output_dir(path, overwrite=True) as tmp:
+        write_model_dir(tmp, model_state(state["params"], state["biases"]), model_cfg)
+    return path

@@ -143,3 +143,28 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert steps[-1] == step
     meta = json.loads((run_dir / "experiment.json").read_text())
     assert meta["phase_order"] == ["pretrain", "midtrain"]
+
+
+def test_merge_checkpoints_averages_the_last_two(full_run, tmp_path):
+    from flax import nnx
+
+    from ling_jax.interop.model_checkpoint import load_model
+    from ling_jax.train.checkpoint import CheckpointStore
+    from ling_jax.train.merge_run import load_experiment, merge_run_checkpoints, model_state
+
+    workdir, result = full_run
+    coeffs, steps, out = merge_run_checkpoints(workdir, out=tmp_path / "merged", steps=None,
+                                               last_n=2, weights="uniform")
+    assert coeffs == [0.5, 0.5] and len(steps) == 2
+    import jax
+    store = CheckpointStore(workdir / "checkpoints")
+    abstract = jax.eval_shape(lambda: result.state)
+    trees = [store.restore(s, abstract_state=abstract)[0] for s in steps]
+    store.close()
+    expected = jax.tree.map(lambda a, b: (np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2,
+                            *[model_state(t["params"], t["biases"]) for t in trees])
+    model, cfg = load_model(out)
+    got = nnx.state(model).to_pure_dict()
+    jax.tree.map(lambda g, e: np.testing.assert_allclose(np.asarray(g), e, rtol=1e-6, atol=1e-7),
+                 got, expected)
+    assert cfg.hidden_size == load_experiment(workdir).model.hidden_size

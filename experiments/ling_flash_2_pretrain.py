@@ -1,0 +1,13 @@
+"""ling_flash_2: the paper's pre-training recipe (reference §6; peak LR 2.61e-4, 8352 x 4K sequences).
+
+4K context at θ 1e4 (20T tokens) → 32K context extension at θ 6e5 (150B, bias rate 1e-4) →
+reasoning mid-training at 32K (600B) → 128K with YaRN (factor 4). AdamW 0.9/0.95, wd 0.1, clip 1.0,
+init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merge-checkpoints).
+"""
+
+from ling_jax.config import get_preset
+from ling_jax.train.experiment import paper_pretrain
+
+
+def get_config():
+    return paper_pretrain(get_preset("ling_flash_2"), peak_lr=2.61e-4, batch_4k=8352)
