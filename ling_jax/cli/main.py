@@ -37,3 +37,7 @@ def run() -> None:
     from absl import app
 
     app.run(module.main, argv=[f"ling-jax {name}", *sys.argv[2:]])
+
+
+if __name__ == "__main__":
+    run()

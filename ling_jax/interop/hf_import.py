@@ -127,12 +127,21 @@ def load_params(hf_dir, cfg) -> dict:
     return leaves
 
 
+def _to_device_leaf_by_leaf(tree: dict) -> dict:
+    """Move numpy leaves to jax arrays one at a time, freeing each host copy as it goes."""
+    for key in list(tree):
+        value = tree.pop(key)
+        tree[key] = _to_device_leaf_by_leaf(value) if isinstance(value, dict) else jnp.asarray(value)
+        del value
+    return tree
+
+
 def load_model(hf_dir, **runtime) -> tuple[LingForCausalLM, object]:
     """(model, cfg) from a HF directory; runtime fields (dtype, moe_backend, ...) override."""
     cfg = read_config(hf_dir, **runtime)
     params = load_params(hf_dir, cfg)
     model = abstract_model(cfg)
     state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    nnx.replace_by_pure_dict(state, _to_device_leaf_by_leaf(params))
     nnx.update(model, state)
     return model, cfg
