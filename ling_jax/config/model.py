@@ -57,7 +57,18 @@ RUNTIME_DEFAULTS: dict = dict(
     scan_layers=True,  # scan the dense and MoE stacks (compile cost of ~one layer); False unrolls
     remat_policy="none",
     attention_impl="xla",
+    # Blockwise FP8 training (reference §5): QKV/output, dense MLP and shared-expert projections in
+    # FP8, and the routed experts through the FP8 twin of moe_backend (FP8_EXPERT_BACKENDS).
+    fp8=False,
 )
+
+# moe_backend -> the expert backend used when fp8=True: `blocked` gets its fake-quant FP8 twin (fast
+# on CPU), the FP8 backends stay; dense/ragged_dot/megablox have no FP8 form (validation rejects).
+FP8_EXPERT_BACKENDS: dict = {
+    "blocked": "blocked_fp8",
+    "blocked_fp8": "blocked_fp8",
+    "pallas_fp8": "pallas_fp8",
+}
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -82,6 +93,16 @@ def shared_expert_width(cfg) -> int:
     if cfg.moe_shared_expert_intermediate_size:
         return int(cfg.moe_shared_expert_intermediate_size)
     return int(cfg.moe_intermediate_size * cfg.num_shared_experts)
+
+
+def expert_backend(cfg) -> str:
+    """The expert-compute backend a MoE layer runs: moe_backend, or its FP8 twin when fp8=True."""
+    return FP8_EXPERT_BACKENDS[cfg.moe_backend] if cfg.fp8 else cfg.moe_backend
+
+
+def linear_quant(cfg) -> str | None:
+    """The `quant` of model/linear.project for the FP8-eligible projections ("fp8" or None)."""
+    return "fp8" if cfg.fp8 else None
 
 
 def num_moe_layers(cfg) -> int:

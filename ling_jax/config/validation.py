@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ling_jax.config.model import ARCHITECTURE_DEFAULTS, RUNTIME_DEFAULTS
+from ling_jax.config.model import ARCHITECTURE_DEFAULTS, FP8_EXPERT_BACKENDS, RUNTIME_DEFAULTS
 
 DTYPES = ("float32", "bfloat16")
 # Names of ling_jax.ops.expert_compute backends (config/ imports nothing of ours; ops checks the match).
-MOE_BACKENDS = ("blocked", "ragged_dot", "dense", "pallas_fp8", "megablox")
+MOE_BACKENDS = ("blocked", "ragged_dot", "dense", "pallas_fp8", "megablox", "blocked_fp8")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload")
 YARN_KEYS = (
     "type",
@@ -136,6 +136,12 @@ def _validate_runtime(cfg) -> None:
         cfg.moe_backend in MOE_BACKENDS,
         "moe_backend",
         f"{cfg.moe_backend!r} is not one of {list(MOE_BACKENDS)}",
+    )
+    _require(isinstance(cfg.fp8, bool), "fp8", f"must be true or false, got {cfg.fp8!r}")
+    _require(
+        not cfg.fp8 or cfg.moe_backend in FP8_EXPERT_BACKENDS,
+        "moe_backend",
+        f"{cfg.moe_backend!r} has no FP8 form; with fp8=true use one of {sorted(FP8_EXPERT_BACKENDS)}",
     )
     _require(
         cfg.remat_policy in REMAT_POLICIES,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ling_jax.config.model import linear_quant
 from ling_jax.model.linear import param, project
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import apply_rope
@@ -41,7 +42,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         std = cfg.initializer_range
-        self.dtype = dtype
+        self.dtype, self.quant = dtype, linear_quant(cfg)
         self.q_proj = param(
             rngs, (d, n, h), ("embed", "heads", "head_dim"), std=std, dtype=param_dtype
         )
@@ -63,13 +64,13 @@ class Attention(nnx.Module):
 
     def qkv(self, x_BTD, cos, sin) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Projected, QK-normed, rotated q [B,T,N,H] and k, v [B,T,K,H]."""
-        q = self.q_norm(project("btd,dnh->btnh", x_BTD, self.q_proj[...], self.dtype))
-        k = self.k_norm(project("btd,dkh->btkh", x_BTD, self.k_proj[...], self.dtype))
-        v = project("btd,dkh->btkh", x_BTD, self.v_proj[...], self.dtype)
+        q = self.q_norm(project("btd,dnh->btnh", x_BTD, self.q_proj[...], self.dtype, self.quant))
+        k = self.k_norm(project("btd,dkh->btkh", x_BTD, self.k_proj[...], self.dtype, self.quant))
+        v = project("btd,dkh->btkh", x_BTD, self.v_proj[...], self.dtype, self.quant)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def output(self, attn_BTNH) -> jax.Array:
-        return project("btnh,nhd->btd", attn_BTNH, self.o_proj[...], self.dtype)
+        return project("btnh,nhd->btd", attn_BTNH, self.o_proj[...], self.dtype, self.quant)
 
     def __call__(self, x_BTD, cos, sin, mask_B1TS) -> jax.Array:
         q, k, v = self.qkv(x_BTD, cos, sin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
+from ling_jax.config.model import linear_quant
 from ling_jax.model.attention import Attention
 from ling_jax.model.mlp import SwiGLU
 from ling_jax.model.moe import MoE
@@ -27,6 +28,7 @@ class DecoderLayer(nnx.Module):
                 dtype=dtype,
                 param_dtype=param_dtype,
                 rngs=rngs,
+                quant=linear_quant(cfg),
             )
 
     def __call__(self, x_BTD, cos, sin, mask_B1TS, token_mask_BT=None):

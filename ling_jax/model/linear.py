@@ -6,7 +6,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ling_jax.ops.fp8_linear import fp8_einsum
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# quant name -> einsum(equation, x, kernel, dtype); None is the plain einsum below.
+QUANTIZED_PROJECTIONS = {"fp8": fp8_einsum}
 
 
 def dtype_of(name: str):
@@ -22,8 +26,11 @@ def param(
     return nnx.Param(value.astype(dtype), logical_axes=axes)
 
 
-def project(equation: str, x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
-    """einsum in the compute dtype with fp32 accumulation (2x faster for bf16 on CPU, exact in fp32)."""
+def project(equation: str, x: jax.Array, kernel: jax.Array, dtype, quant: str | None = None) -> jax.Array:
+    """einsum in the compute dtype with fp32 accumulation (2x faster for bf16 on CPU, exact in fp32);
+    quant="fp8" runs it as blockwise FP8 (ling_jax.ops.fp8_linear, reference §5)."""
+    if quant is not None:
+        return QUANTIZED_PROJECTIONS[quant](equation, x, kernel, dtype)
     out = jnp.einsum(
         equation, x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32
     )

@@ -11,13 +11,17 @@ from ling_jax.model.linear import param, project
 class SwiGLU(nnx.Module):
     """down(silu(gate(x)) * up(x)), no biases."""
 
-    def __init__(self, hidden: int, width: int, *, std: float, dtype, param_dtype, rngs: nnx.Rngs):
-        self.dtype = dtype
+    def __init__(
+        self, hidden: int, width: int, *, std: float, dtype, param_dtype, rngs: nnx.Rngs,
+        quant: str | None = None,
+    ):  # fmt: skip
+        self.dtype, self.quant = dtype, quant
         self.gate_proj = param(rngs, (hidden, width), ("embed", "mlp"), std=std, dtype=param_dtype)
         self.up_proj = param(rngs, (hidden, width), ("embed", "mlp"), std=std, dtype=param_dtype)
         self.down_proj = param(rngs, (width, hidden), ("mlp", "embed"), std=std, dtype=param_dtype)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        gate = project("btd,df->btf", x_BTD, self.gate_proj[...], self.dtype)
-        up = project("btd,df->btf", x_BTD, self.up_proj[...], self.dtype)
-        return project("btf,fd->btd", jax.nn.silu(gate) * up, self.down_proj[...], self.dtype)
+        gate = project("btd,df->btf", x_BTD, self.gate_proj[...], self.dtype, self.quant)
+        up = project("btd,df->btf", x_BTD, self.up_proj[...], self.dtype, self.quant)
+        h = jax.nn.silu(gate) * up
+        return project("btf,fd->btd", h, self.down_proj[...], self.dtype, self.quant)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ling_jax.config.model import shared_expert_width
+from ling_jax.config.model import expert_backend, linear_quant, shared_expert_width
 from ling_jax.model.linear import param
 from ling_jax.model.mlp import SwiGLU
 from ling_jax.model.router import expert_counts, route_tokens
@@ -28,7 +28,7 @@ class MoE(nnx.Module):
             cfg.topk_group,
         )
         self.routed_scaling_factor = float(cfg.routed_scaling_factor)
-        self.backend = cfg.moe_backend
+        self.backend = expert_backend(cfg)
         self.block_size = int(cfg.moe_block_size)
         # Router weight and bias stay fp32 (reference §2.7): tiny bias changes flip selections.
         self.router = param(rngs, (d, e), ("embed", "expert"), std=std, dtype=jnp.float32)
@@ -51,6 +51,7 @@ class MoE(nnx.Module):
                 dtype=dtype,
                 param_dtype=param_dtype,
                 rngs=rngs,
+                quant=linear_quant(cfg),
             )
 
     def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None):

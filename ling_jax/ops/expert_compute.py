@@ -49,6 +49,8 @@ def get(name: str) -> Backend:
 
 
 def _load_optional_backends() -> None:
+    import ling_jax.ops.fp8_linear  # noqa: F401  (registers blocked_fp8)
+
     try:  # Pallas backends live in their own module so this one imports no kernels.
         import ling_jax.ops.pallas_backends  # noqa: F401
     except ImportError:

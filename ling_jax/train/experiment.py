@@ -115,6 +115,11 @@ def validate_experiment(cfg) -> None:
     _require(cfg.tokenizer.kind in ("builtin", "hf"), "tokenizer.kind",
              f"{cfg.tokenizer.kind!r} is not one of ['builtin', 'hf']")
     _require(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+    every = cfg.get("fp8_monitor_every", 0)
+    _require(isinstance(every, int) and every >= 0, "fp8_monitor_every",
+             f"must be an int >= 0 (0: off), got {every!r}")
+    _require(not every or cfg.model.fp8, "fp8_monitor_every",
+             "monitors FP8 numerics; set model.fp8=true or fp8_monitor_every=0")
 
 
 def with_phase_defaults(phase: dict) -> ml_collections.ConfigDict:
@@ -142,12 +147,14 @@ def named_phases(*named: tuple[str, dict]) -> tuple[tuple[str, ...], ml_collecti
 
 
 def experiment(model, *, tokenizer: dict, phases: list, checkpoint, seed: int = 0,
-               log_every: int = 1, sample_prompt: str = "") -> ml_collections.ConfigDict:
+               log_every: int = 1, sample_prompt: str = "",
+               fp8_monitor_every: int = 0) -> ml_collections.ConfigDict:
     order, phase_dict = named_phases(*phases)
     return ml_collections.ConfigDict(dict(
         model=model, tokenizer=ml_collections.ConfigDict(tokenizer), seed=seed,
         optimizer=paper_optimizer(), checkpoint=checkpoint, log_every=log_every,
-        phase_order=order, phases=phase_dict, sample_prompt=sample_prompt))
+        phase_order=order, phases=phase_dict, sample_prompt=sample_prompt,
+        fp8_monitor_every=fp8_monitor_every))
 
 
 def paper_pretrain(model, *, peak_lr: float, batch_4k: int) -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ from ling_jax.model.transformer import LingForCausalLM
 from ling_jax.train import flops
 from ling_jax.train.checkpoint import CheckpointStore
 from ling_jax.train.experiment import phase_names, phase_steps, validate_experiment
+from ling_jax.train.fp8_monitor import make_fp8_monitor, monitor_due
 from ling_jax.train.metrics_log import MetricsLog, read_metrics, to_jsonable
 from ling_jax.train.phases import PHASE_KINDS, PhaseContext, make_phase_optimizer
 from ling_jax.train.plots import plot_phase
@@ -165,6 +166,8 @@ class _Run:
                                                    phase.seq_len * phase.batch_size)
         every = phase.checkpoint_every or self.cfg.checkpoint.every_steps
         length, last_phase = self.lengths[pos.phase_index], pos.phase_index == len(self.names) - 1
+        monitor_every = int(self.cfg.get("fp8_monitor_every", 0))
+        monitor = make_fp8_monitor(runner.model_cfg) if monitor_every else None
         stopped = self.max_steps is not None and pos.global_step >= self.max_steps
         while pos.step_in_phase < length and not stopped:
             t0 = time.perf_counter()
@@ -177,6 +180,10 @@ class _Run:
                          **to_jsonable(metrics), "step_time": seconds,
                          "tokens_per_sec": float(metrics.get("tokens", 0)) / seconds,
                          "mfu": flops.mfu(step_flops, seconds, peak, jax.device_count())}
+            if monitor and monitor_due(pos.global_step, monitor_every):
+                # Two rows suffice for statistics; the monitor runs the layers unrolled.
+                rows = jax.tree.map(lambda x: x[:2], runner.last_batch)
+                self.last.update(monitor(state["params"], state["biases"], rows))
             log.write(self.last)
             self.reporter.on_step(self.last, {"total_steps": self.starts[-1], "phase_steps": length})
             done = pos.step_in_phase == length

@@ -40,7 +40,8 @@ class MetricsLog:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for key in SCALAR_KEYS:
+            extra = [k for k in record if k.startswith(("fp8/min_cosine", "fp8/max_underflow"))]
+            for key in (*SCALAR_KEYS, *extra):
                 value = record.get(key)
                 if isinstance(value, list):
                     value = float(np.max(value)) if key == "load_max_min_ratio" else float(np.mean(value))

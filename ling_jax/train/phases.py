@@ -95,10 +95,11 @@ class LMPhase:
             process_index=ctx.process_index, process_count=ctx.process_count,
             vocab_size=exp.model.vocab_size)
         self.tokens_per_step = phase.seq_len * phase.batch_size
+        self.last_batch: dict | None = None
 
     def step(self, state: dict) -> tuple[dict, dict]:
-        batch = next(self.data)
-        return self._step(state, batch)
+        self.last_batch = next(self.data)
+        return self._step(state, self.last_batch)
 
     def data_state(self) -> dict | None:
         return self.data.get_state()
