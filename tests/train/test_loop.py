@@ -168,3 +168,16 @@ def test_merge_checkpoints_averages_the_last_two(full_run, tmp_path):
     jax.tree.map(lambda g, e: np.testing.assert_allclose(np.asarray(g), e, rtol=1e-6, atol=1e-7),
                  got, expected)
     assert cfg.hidden_size == load_experiment(workdir).model.hidden_size
+
+
+def test_fp8_run_logs_the_numerics_monitor(tmp_path):
+    cfg = small_experiment(pretrain_steps=2, midtrain_steps=1)
+    cfg.model.fp8 = True
+    cfg.fp8_monitor_every = 2
+    run_experiment(cfg, tmp_path, max_steps=2)
+    records = read_metrics(tmp_path)
+    assert "fp8/min_cosine/input" not in records[0] or records[0]["step"] % 2 == 0
+    monitored = records[1]
+    cosines = {k: v for k, v in monitored.items() if k.startswith("fp8/min_cosine")}
+    assert cosines and all(0.9 < v <= 1.0 + 1e-6 for v in cosines.values()), cosines
+    assert all(np.isfinite(r["loss"]) for r in records)
