@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ling_jax.model.decoder import DecoderLayer
+from ling_jax.model.logical import constrain
 
 REMAT_POLICIES = {
     "none": None,
@@ -54,7 +55,8 @@ def apply_stack(
 
     def body(x, layer_state):
         layer = nnx.merge(graphdef, layer_state)
-        return layer(x, cos, sin, mask, token_mask)
+        x, aux = layer(x, cos, sin, mask, token_mask)
+        return constrain(x, ("batch", "seq", "embed")), aux
 
     if remat_policy != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan)

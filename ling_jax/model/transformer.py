@@ -12,10 +12,13 @@ from ling_jax.config.model import num_moe_layers
 from ling_jax.config.validation import validate_model_config
 from ling_jax.model.attention import attention_mask
 from ling_jax.model.linear import dtype_of, param
+from ling_jax.model.logical import constrain
 from ling_jax.model.mtp import MTPLayer, shift_left
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.stack import apply_stack, make_stack
+
+ACTIVATION_AXES = ("batch", "seq", "embed")
 
 
 class ModelOutput(NamedTuple):
@@ -71,7 +74,7 @@ class LingForCausalLM(nnx.Module):
         cos, sin = rope_cos_sin(positions, inv_freq, attention_scaling, self.dtype)
         mask = attention_mask(segment_ids, batch, length)
         embed = self.embed[...]
-        x = jnp.take(embed, input_ids, axis=0).astype(self.dtype)
+        x = constrain(jnp.take(embed, input_ids, axis=0).astype(self.dtype), ACTIVATION_AXES)
         run = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
         if self.dense_layers is not None:
             x, _ = apply_stack(
