@@ -6,8 +6,18 @@ init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merg
 """
 
 from ling_jax.config import get_preset
+from ling_jax.parallel.mesh import mesh_block
 from ling_jax.train.experiment import paper_pretrain
 
 
 def get_config():
-    return paper_pretrain(get_preset("ling_1t"), peak_lr=1.86e-4, batch_4k=18144)
+    cfg = paper_pretrain(get_preset("ling_1t"), peak_lr=1.86e-4, batch_4k=18144)
+    # 4K phase on the mesh (`ling-jax aot`, tables above): 18144 = 32 batch shards
+    # × 567 microbatches of one sequence per device.
+    cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
+    cfg.model.remat_policy = "full"
+    cfg.mesh = mesh_block(tensor=8, expert=32, rules="fsdp_ep", capacity_factor=1.25,
+                          ep_local_backend="ragged_dot")
+    cfg.phases.pretrain_4k.microbatches = 567
+    cfg.aot = dict(topology="v5p:4x8x8", num_slices=1)
+    return cfg

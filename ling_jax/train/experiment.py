@@ -62,13 +62,15 @@ def phase_model_config(model_cfg, phase) -> ml_collections.ConfigDict:
 
 
 def _validate_phase(name: str, phase, cfg) -> None:
-    from ling_jax.train.phases import PHASE_KINDS
+    from ling_jax.train.phases import phase_kinds
+
+    kinds = phase_kinds()
 
     where = f"phases.{name}"
     unknown = sorted(set(phase.keys()) - set(PHASE_DEFAULTS) - {"data", "rl"})
     _require(not unknown, where, f"unknown field(s) {unknown}; allowed {sorted(PHASE_DEFAULTS)}")
-    _require(phase.kind in PHASE_KINDS, f"{where}.kind",
-             f"{phase.kind!r} is not one of {sorted(PHASE_KINDS)}")
+    _require(phase.kind in kinds, f"{where}.kind",
+             f"{phase.kind!r} is not one of {sorted(kinds)}")
     _require(bool(phase.get("steps", 0)) != bool(phase.get("tokens", 0)), where,
              "set exactly one of `steps` or `tokens` (> 0)")
     for field in ("seq_len", "batch_size", "microbatches"):
@@ -94,7 +96,7 @@ def _validate_phase(name: str, phase, cfg) -> None:
     except ValueError as e:
         raise ExperimentError(f"{where}.data: {e}") from None
     _require(phase.bias_update_rate >= 0, f"{where}.bias_update_rate", "must be >= 0")
-    PHASE_KINDS[phase.kind].validate(name, phase, cfg)
+    kinds[phase.kind].validate(name, phase, cfg)
 
 
 def validate_experiment(cfg) -> None:

@@ -25,7 +25,7 @@ from ling_jax.train.checkpoint import CheckpointStore
 from ling_jax.train.experiment import phase_names, phase_steps, validate_experiment
 from ling_jax.train.fp8_monitor import make_fp8_monitor, monitor_due
 from ling_jax.train.metrics_log import MetricsLog, read_metrics, to_jsonable
-from ling_jax.train.phases import PHASE_KINDS, PhaseContext, make_phase_optimizer
+from ling_jax.train.phases import PhaseContext, make_phase_optimizer, phase_kinds
 from ling_jax.train.plots import plot_phase
 from ling_jax.train.tokenizer_setup import build_tokenizer
 
@@ -159,7 +159,7 @@ class _Run:
         phase = self.cfg.phases[name]
         ctx = PhaseContext(self.cfg, self.tokenizer, pos.phase_index, self.starts[pos.phase_index],
                            jax.process_index(), jax.process_count(), self.shard_fn)
-        runner = PHASE_KINDS[phase.kind](ctx, name, phase)
+        runner = phase_kinds()[phase.kind](ctx, name, phase)
         if pos.data_state is not None and pos.step_in_phase > 0:
             runner.set_data_state(pos.data_state)
         step_flops = flops.training_flops_per_step(runner.model_cfg, phase.seq_len,

@@ -114,6 +114,13 @@ class LMPhase:
 PHASE_KINDS: dict[str, Any] = {"pretrain": LMPhase, "midtrain": LMPhase}
 
 
+def phase_kinds() -> dict[str, Any]:
+    """Every registered phase kind; imports the RL package so its `rl` kind registers itself."""
+    import ling_jax.rl.phase  # noqa: F401  (registers "rl"; rl/ plugs in without loop changes)
+
+    return PHASE_KINDS
+
+
 def register_phase_kind(name: str, kind: Any) -> None:
     """Add a phase kind (e.g. `rl`); it must provide validate() and the PhaseRunner interface."""
     PHASE_KINDS[name] = kind

@@ -4,7 +4,9 @@ Within one prompt's group with lengths l_k: p(l) = 0.5 - (l - l_min) / (l_max - 
 R_hat = p(l) if correct else min(p(l), 0); R_length = alpha * R_hat, alpha per difficulty (larger
 for easy tasks to push brevity). l_min/l_max run over the whole group (pool="all", the
 reference's "lengths l_k" of the group's samples) or only its correct responses (pool="correct":
-wrong ones may then fall outside [-0.5, 0.5]; a group with no correct response gets 0).
+wrong ones may then fall below -0.5, floored at P_FLOOR = -1 — without the floor, a group whose
+correct responses share one length divides by 1e-9 and scores longer wrong ones ~-1e9; a group
+with no correct response gets 0).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ling_jax.rl.rewards.group import RolloutGroup
 from ling_jax.rl.rewards.math_answer import math_answer_reward
 
 LENGTH_EPS = 1e-9
+P_FLOOR = -1.0  # only reachable with pool="correct" (pool="all" keeps p in [-0.5, 0.5])
 POOLS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "all": lambda lengths, correct: lengths,
     "correct": lambda lengths, correct: lengths[correct],
@@ -33,7 +36,7 @@ def length_score(lengths: np.ndarray, correct: np.ndarray, *, pool: str = "all")
     if ref.size == 0:
         return np.zeros_like(lengths)
     l_min, l_max = ref.min(), ref.max()
-    p = 0.5 - (lengths - l_min) / (l_max - l_min + LENGTH_EPS)
+    p = np.maximum(0.5 - (lengths - l_min) / (l_max - l_min + LENGTH_EPS), P_FLOOR)
     return np.where(correct, p, np.minimum(p, 0.0))
 
 

@@ -1,0 +1,87 @@
+"""`ling-jax aot --config EXPERIMENT [--topology NAME] [--num-slices N] [--phase NAME] [--json]`.
+
+Compiles the experiment's full train step for a TPU topology on this machine (libtpu, no TPU) and
+prints compile time, per-device memory (arguments, outputs, temporaries, peak) and FLOPs. The
+topology and slice count default to the experiment's `aot` block; the mesh is its `mesh` block
+(override fields with --config.mesh.fsdp=64 etc.). Exit status 1 when the step does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from ling_jax.cli.errors import user_errors_exit
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
+                                          lock_config=False)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:8x16x16 or tpu7x:4x4x8 "
+                                "(default: the experiment's aot.topology)")
+_NUM_SLICES = flags.DEFINE_integer("num-slices", None, "slices over DCN (default: aot.num_slices "
+                                   "or 1)")
+flags.DEFINE_alias("num_slices", "num-slices")
+_PHASE = flags.DEFINE_string("phase", None, "phase to compile (default: the first)")
+_JSON = flags.DEFINE_bool("json", False, "print JSON instead of a table")
+
+_GB = 1e9
+
+
+def _table(r: dict) -> str:
+    mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items() if v > 1) or "1 device"
+    lines = [
+        f"{r['phase']}: seq {r['seq_len']} × global batch {r['global_batch']} "
+        f"(microbatches {r['microbatches']}) on {r['topology']} × {r['num_slices']} slice(s): "
+        f"{r['devices']} devices ({r['device_kind']}); mesh {mesh}; rules {r['rules']}",
+        f"  {'compile time':<28}{r['compile_seconds']:>10.1f} s",
+    ]
+    if r["error"]:
+        return "\n".join([*lines, f"  DOES NOT FIT: {r['error']}"])
+    lines.append("  per-device memory (GB):")
+    for key, label in [("argument_bytes", "arguments"), ("output_bytes", "outputs"),
+                       ("alias_bytes", "aliased (donated state)"), ("temp_bytes", "temporaries"),
+                       ("code_bytes", "generated code"), ("peak_bytes", "peak")]:
+        lines.append(f"    {label:<26}{r[key] / _GB:>10.2f}")
+    if r["hbm_bytes"]:
+        verdict = "fits" if r["fits"] else "DOES NOT FIT"
+        lines.append(f"    {'HBM per device':<26}{r['hbm_bytes'] / _GB:>10.2f}   {verdict} "
+                     f"({r['peak_bytes'] / r['hbm_bytes']:.0%})")
+    if r["pipeline_bubble"]:
+        lines.append(f"  {'pipeline bubble':<28}{r['pipeline_bubble']:>10.1%}")
+    if r["pipeline_bubble"]:
+        lines.append(f"  {'pipeline bubble':<28}{r['pipeline_bubble']:>10.1%}")
+    lines.append(f"  {'XLA FLOPs per device':<28}{r['flops_per_device']:>10.3e}   (loop bodies "
+                 "counted once)")
+    lines.append(f"  {'model FLOPs per device':<28}{r['model_flops_per_device']:>10.3e}")
+    return "\n".join(lines)
+
+
+@user_errors_exit
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
+    cfg = _CONFIG.value
+    if cfg is None:
+        raise ValueError("--config is required, e.g. --config experiments/ling_1t_pretrain.py")
+    import jax
+
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")  # the TPU devices are compile-only
+    from ling_jax.parallel.aot import compile_train_step, topology_devices
+    from ling_jax.train.experiment import validate_experiment
+
+    validate_experiment(cfg)
+    aot = cfg.get("aot", None) or {}
+    topology = _TOPOLOGY.value or aot.get("topology", None)
+    if not topology:
+        raise ValueError("no topology: pass --topology (e.g. v5p:8x16x16) or set aot.topology")
+    slices = _NUM_SLICES.value or int(aot.get("num_slices", 1) or 1)
+    devices = topology_devices(topology, slices)
+    report = compile_train_step(cfg, devices, topology=topology, num_slices=slices,
+                                phase=_PHASE.value).as_dict()
+    print(json.dumps(report, indent=1) if _JSON.value else _table(report))
+    if report["fits"] is False:
+        sys.exit(1)

@@ -1,0 +1,108 @@
+"""`ling-jax generate (--checkpoint CKPT | --hf DIR) --prompt "..." [--max_new_tokens N ...]`.
+
+Samples with the KV-cache decoder (ling_jax.model.decode): greedy by default (--temperature 0),
+else temperature / top-p / top-k sampling with --seed. The tokenizer is --tokenizer (a
+tokenizer.json or a directory holding one), else the tokenizer.json of the HF directory, else one
+beside the model checkpoint (in it or its parent directory). Generation stops at the tokenizer's
+end-of-text token or after --max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import flags, logging
+
+from ling_jax.cli.errors import user_errors_exit
+
+_HF = flags.DEFINE_string("hf", None, "HF checkpoint directory")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model checkpoint directory")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (or a directory holding one)")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "prompt text (repeat for a batch)")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate at most")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1 = off)")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0 = off)")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "samples per prompt")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "parameter and compute dtype (router, norms, softmax stay fp32)")
+
+
+def find_tokenizer(explicit: str | None, hf_dir: str | None, checkpoint: str | None):
+    """The tokenizer to use (see the module doc); ValueError says where it looked."""
+    from ling_jax.data.tokenizers import load_tokenizer
+
+    if explicit:
+        return load_tokenizer(explicit)
+    candidates = []
+    if hf_dir:
+        candidates.append(pathlib.Path(hf_dir) / "tokenizer.json")
+    if checkpoint:
+        path = pathlib.Path(checkpoint).absolute()
+        candidates += [path / "tokenizer.json", path.parent / "tokenizer.json"]
+    for file in candidates:
+        if file.is_file():
+            return load_tokenizer(file)
+    raise ValueError(f"no tokenizer.json found (looked at {[str(c) for c in candidates]}); "
+                     "pass --tokenizer PATH")
+
+
+def _check_flags(argv) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}")
+    if bool(_HF.value) == bool(_CHECKPOINT.value):
+        raise ValueError("give exactly one of --hf DIR or --checkpoint CKPT")
+    if not _PROMPT.value:
+        raise ValueError('--prompt "..." is required')
+    if _MAX_NEW.value < 1 or _NUM_SAMPLES.value < 1:
+        raise ValueError("--max_new_tokens and --num_samples must be >= 1")
+    for flag, path in (("--hf", _HF.value), ("--checkpoint", _CHECKPOINT.value)):
+        if path and not pathlib.Path(path).is_dir():
+            raise FileNotFoundError(f"{flag}: directory {path} not found")
+
+
+def _load_model(runtime: dict):
+    from ling_jax.interop import hf_import, model_checkpoint
+
+    if _HF.value:
+        return hf_import.load_model(_HF.value, **runtime)
+    return model_checkpoint.load_model(_CHECKPOINT.value, **runtime)
+
+
+@user_errors_exit
+def main(argv) -> None:
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
+    _check_flags(argv)
+    from ling_jax.model.decode import SamplingParams
+
+    tokenizer = find_tokenizer(_TOKENIZER.value, _HF.value, _CHECKPOINT.value)
+    sampling = SamplingParams(temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+                              top_k=_TOP_K.value, stop_ids=(int(tokenizer.eos_id),),
+                              pad_id=int(tokenizer.pad_id if tokenizer.pad_id is not None
+                                         else tokenizer.eos_id))
+    prompts = [p for p in _PROMPT.value for _ in range(_NUM_SAMPLES.value)]
+    encoded = [tokenizer.encode(p) for p in prompts]
+    if any(not ids for ids in encoded):
+        raise ValueError("--prompt: a prompt encodes to no tokens; give some text")
+    model, cfg = _load_model(dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value))
+    top = max(max(ids) for ids in encoded)
+    if top >= cfg.vocab_size:
+        raise ValueError(f"the tokenizer produced id {top} >= the model's vocab_size "
+                         f"{cfg.vocab_size}; pass the model's own --tokenizer")
+    for prompt, text in zip(prompts, generate_texts(model, tokenizer, encoded, sampling),
+                            strict=True):
+        print(prompt + text)
+        print("-" * 40)
+
+
+def generate_texts(model, tokenizer, encoded: list[list[int]], sampling) -> list[str]:
+    """Decoded continuations of `encoded` prompts (stop token dropped)."""
+    import jax
+
+    from ling_jax.model.decode import generate_text_ids
+
+    ids = generate_text_ids(model, encoded, jax.random.key(_SEED.value),
+                            max_new_tokens=_MAX_NEW.value, sampling=sampling)
+    return [tokenizer.decode(row) for row in ids]

@@ -1,0 +1,69 @@
+"""Held-out exact-match accuracy on the built-in arithmetic task, with confidence intervals.
+
+A problem counts as solved when the greedy response's last "#### N" equals the answer exactly
+(ling_jax.rl.rewards.is_correct with the `hashes` extractor only: no last-number fallback).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from ling_jax.data.arithmetic import ArithmeticProblem, arithmetic_problems
+from ling_jax.rl.rewards import is_correct
+from ling_jax.rl.rollout import encode_prompts
+
+Z95 = 1.959963984540054
+
+
+def heldout_set(n: int, difficulty: int | Sequence[int], seed: int = 0) -> list[ArithmeticProblem]:
+    """The first n held-out problems (difficulty levels cycled per problem)."""
+    return arithmetic_problems("heldout", n, difficulty=difficulty, seed=seed)
+
+
+def exact_match(texts: Sequence[str], problems: Sequence[ArithmeticProblem]) -> np.ndarray:
+    """[n] bool: the response's final '#### N' equals the problem's answer."""
+    return np.asarray([is_correct(t, p.answer, extractors=("hashes",))
+                       for t, p in zip(texts, problems, strict=True)], bool)
+
+
+def greedy_correct(generate_fn, params, biases, tokenizer, problems: Sequence[ArithmeticProblem],
+                   *, max_prompt_tokens: int, max_steps: int, pad_id: int) -> np.ndarray:
+    """[n] bool per problem with a greedy `generate_fn` (decode.make_generate_fn, temperature 0)."""
+    ids, lengths = encode_prompts(tokenizer, [p.prompt for p in problems], max_prompt_tokens,
+                                  pad_id)
+    out = generate_fn(params, biases, ids, lengths, jax.random.key(0), max_steps)
+    tokens, counts = jax.device_get((out.tokens, out.lengths))
+    texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, counts, strict=True)]
+    return exact_match(texts, problems)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default)."""
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(before: Sequence[bool], after: Sequence[bool],
+                      z: float = Z95) -> tuple[float, float, float]:
+    """(after − before accuracy, low, high): normal interval of a paired difference on the same
+    problems (the per-problem differences' mean ± z·sd/√n)."""
+    d = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    if d.size == 0:
+        raise ValueError("paired_difference needs at least one problem")
+    half = z * (d.std(ddof=1) / math.sqrt(d.size) if d.size > 1 else 0.0)
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def describe(correct: Sequence[bool]) -> str:
+    """'0.412 (95% CI 0.35-0.48, n=256)'."""
+    k, n = int(np.sum(correct)), len(correct)
+    lo, hi = wilson_interval(k, n)
+    return f"{k / n:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={n})"

@@ -1,0 +1,281 @@
+"""The `rl` phase kind: Evo-CoT reinforcement learning in the one train loop (reference §7.2-7.3).
+
+One RL step (one loop step):
+  1. held-out greedy exact-match accuracy of the incoming policy every `eval_every` steps;
+  2. P prompts of the current Evo-CoT stage, G samples each from the current policy (KV cache);
+  3. rewards (math answer + format + stage-α length reward), group z-score advantages,
+     sentence ids (LPO);
+  4. log π_old recomputed by the training forward (so the first update's ratio is exactly 1;
+     the sampler's own log-probs are compared with it as `logp_gap`);
+  5. K = epochs × minibatches objective updates, each followed by the expert-bias update.
+Exact resume: sampling keys derive from (experiment seed, phase name, global step), the minibatch
+order from the same key, the prompts from the step; the data state is the step cursor.
+Registers itself as phase kind "rl" on import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ling_jax.data.arithmetic import arithmetic_problem, difficulty_at
+from ling_jax.model.decode import SamplingParams, make_generate_fn
+from ling_jax.rl.config import (
+    arithmetic_source,
+    rl_settings,
+    stage_at,
+    validate_rl_phase,
+)
+from ling_jax.rl.evaluation import exact_match, greedy_correct, heldout_set
+from ling_jax.rl.plots import plot_rl
+from ling_jax.rl.rollout import (
+    encode_prompts,
+    sample_groups,
+    score_rollouts,
+    sentence_ids,
+    training_batch,
+)
+from ling_jax.rl.update import UpdateConfig, minibatch_order, rl_updates, score_fn
+from ling_jax.train.balancing import load_metrics
+from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
+from ling_jax.train.optimizer import make_optimizer
+from ling_jax.train.phases import PhaseContext, phase_graphdef, phase_seed, register_phase_kind
+from ling_jax.train.schedules import make_schedule
+
+REFERENCE_DIR = "rl_reference_{name}"
+
+
+def _optimizer(ctx: PhaseContext, phase, updates_per_step: int, reset: bool):
+    """AdamW whose schedule counts optimizer updates (K per RL step) from the phase start: from 0
+    when the phase starts from a fresh optimizer state, else from the carried update count."""
+    lr = dict(phase.lr)
+    lr.setdefault("total_steps", phase_steps(phase) * updates_per_step)
+    lr["start_step"] = 0 if reset else ctx.start_step
+    return make_optimizer(ctx.experiment.optimizer, make_schedule(lr))
+
+
+# Compiled functions are cached by what determines them (model config JSON and settings), so a
+# runner rebuilt for a resume or another phase with the same shapes does not compile again.
+@functools.lru_cache(maxsize=16)
+def _graphdef(model_json: str):
+    return phase_graphdef(ml_collections.ConfigDict(json.loads(model_json)))
+
+
+@functools.lru_cache(maxsize=16)
+def _generate_fn(model_json: str, slots: int, sampling: SamplingParams):
+    return make_generate_fn(_graphdef(model_json), max_new_tokens=slots, sampling=sampling)
+
+
+@functools.lru_cache(maxsize=16)
+def _score_fn(model_json: str, prompt_len: int, temperature: float):
+    return score_fn(_graphdef(model_json), prompt_len, temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Optimizer:
+    """An optax optimizer that hashes by the JSON of what built it."""
+
+    key: str
+    optimizer: Any = dataclasses.field(compare=False, hash=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _update_fn(model_json: str, uc: UpdateConfig, optimizer: _Optimizer):
+    fn = functools.partial(rl_updates, graphdef=_graphdef(model_json),
+                           optimizer=optimizer.optimizer, uc=uc)
+    return jax.jit(fn, donate_argnums=(0,))
+
+
+class RLPhase:
+    """PhaseRunner of kind "rl" (see ling_jax.rl.config for the fields)."""
+
+    @staticmethod
+    def validate(name: str, phase, cfg) -> None:
+        del cfg
+        try:
+            validate_rl_phase(name, phase, phase_steps(phase))
+        except ValueError as e:
+            raise ExperimentError(str(e)) from None
+
+    def __init__(self, ctx: PhaseContext, name: str, phase):
+        exp, rl = ctx.experiment, rl_settings(phase)
+        self.name, self.steps, self.rl, self.tokenizer = name, phase_steps(phase), rl, ctx.tokenizer
+        self.stages = validate_rl_phase(name, phase, self.steps)
+        self.model_cfg = phase_model_config(exp.model, phase)
+        self.prompts_per_step, self.group_size = int(phase.batch_size), rl["group_size"]
+        self.max_prompt = rl["max_prompt_tokens"]
+        self.slots = int(phase.seq_len) - self.max_prompt
+        self.source = arithmetic_source(phase, f"phases.{name}")
+        tok = ctx.tokenizer
+        self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
+        model_json = self.model_cfg.to_json()
+        stop = dict(stop_ids=(int(tok.eos_id),), pad_id=int(self.pad_id))
+        sampling = SamplingParams(float(rl["temperature"]), float(rl["top_p"]), int(rl["top_k"]),
+                                  **stop)
+        self._generate = _generate_fn(model_json, self.slots, sampling)
+        self._greedy = _generate_fn(model_json, self.slots, SamplingParams(0.0, **stop))
+        self._score = _score_fn(model_json, self.max_prompt, float(rl["temperature"]))
+        self._update = self._make_update(ctx, phase, model_json)
+        self.base_key = jax.random.key(phase_seed(exp.seed, name))
+        difficulty = rl["eval_difficulty"] or sorted({d for s in self.stages for d in s.difficulty})
+        self.eval_set = heldout_set(rl["eval_problems"], difficulty, seed=self.source["seed"])
+        self.workdir = getattr(ctx, "workdir", None)
+        if rl["kl_beta"] > 0 and self.workdir is None:
+            raise ValueError(f"phases.{name}.rl.kl_beta > 0 needs PhaseContext.workdir to keep "
+                             "the frozen reference policy across restarts")
+        self.reference = None
+        self.cursor = 0  # RL steps done in this phase
+
+    def _make_update(self, ctx: PhaseContext, phase, model_json: str):
+        rl = self.rl
+        kwargs = {k: float(rl[f]) for k, f in (("eps", "clip_eps"), ("eps_high", "clip_eps_high"))
+                  if rl[f] is not None}
+        num_moe = self.model_cfg.num_hidden_layers - self.model_cfg.first_k_dense_replace
+        uc = UpdateConfig(rl["objective"], tuple(sorted(kwargs.items())),
+                          float(rl["temperature"]), self.max_prompt,
+                          float(phase.bias_update_rate), num_moe, float(rl["kl_beta"]))
+        updates, reset = rl["epochs"] * rl["minibatches"], bool(rl["reset_optimizer"])
+        self.optimizer = _optimizer(ctx, phase, updates, reset)
+        key = json.dumps([ctx.experiment.optimizer.to_dict(), dict(phase.lr), updates, reset,
+                          0 if reset else ctx.start_step, self.steps], sort_keys=True, default=str)
+        return _update_fn(model_json, uc, _Optimizer(key, self.optimizer))
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def problems(self, step_in_phase: int):
+        """The P prompts of a phase step: consecutive problems of the source at the stage level."""
+        stage = stage_at(self.stages, step_in_phase)
+        first = step_in_phase * self.prompts_per_step
+        src = self.source
+        return [arithmetic_problem(i % src["num_docs"], split=src["split"], seed=src["seed"],
+                                   difficulty=difficulty_at(i, stage.difficulty))
+                for i in range(first, first + self.prompts_per_step)]
+
+    def data_state(self) -> dict:
+        return {"rl_step": self.cursor}
+
+    def set_data_state(self, state: dict) -> None:
+        self.cursor = int(state["rl_step"])
+
+    def close(self) -> None:
+        pass
+
+    def plot(self, records: list[dict], out_path) -> pathlib.Path:
+        """Reward / accuracy / held-out accuracy / length / clip / KL / entropy curves (PNG)."""
+        return plot_rl(records, self.name, out_path)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def evaluate(self, state: dict) -> np.ndarray:
+        """[n] bool: greedy exact match on the held-out set under `state`'s policy."""
+        return greedy_correct(self._greedy, state["params"], state["biases"], self.tokenizer,
+                              self.eval_set, max_prompt_tokens=self.max_prompt,
+                              max_steps=self.slots, pad_id=self.pad_id)
+
+    def _eval_metrics(self, state: dict, suffix: str = "") -> dict:
+        correct = self.evaluate(state)
+        return {f"heldout_accuracy{suffix}": float(correct.mean()),
+                f"heldout_correct{suffix}": correct.astype(np.int32).tolist()}
+
+    def step(self, state: dict) -> tuple[dict, dict]:
+        k, rl = self.cursor, self.rl
+        key = jax.random.fold_in(self.base_key, int(state["step"]))
+        metrics: dict = {}
+        if k == 0 and rl["reset_optimizer"]:  # fresh AdamW moments: no pre-training momentum
+            state = {**state, "opt_state": self.optimizer.init(state["params"])}
+        if k % rl["eval_every"] == 0:
+            metrics.update(self._eval_metrics(state), heldout_rl_steps=k)
+        t0 = time.perf_counter()
+        batch, extra = self._experience(state, k, jax.random.fold_in(key, 0))
+        t1 = time.perf_counter()
+        order = minibatch_order(self.prompts_per_step, self.group_size, rl["minibatches"],
+                                rl["epochs"], jax.random.fold_in(key, 1))
+        state, updates = self._update(state, batch, jnp.asarray(order))
+        updates = jax.device_get(updates)
+        self.cursor += 1
+        metrics.update(extra, **updates, time_rollout=t1 - t0, time_update=time.perf_counter() - t1)
+        metrics.update({f"load_{n}": v for n, v in load_metrics(updates["expert_counts"]).items()})
+        if self.cursor == self.steps:
+            metrics.update(self._eval_metrics(state, "_end"))
+        return state, metrics
+
+    def _experience(self, state: dict, k: int, key: jax.Array) -> tuple[dict, dict]:
+        """Rollouts of phase step k scored into a training batch (with log π_old) + metrics."""
+        rl, stage = self.rl, stage_at(self.stages, k)
+        problems = self.problems(k)
+        ids, lengths = encode_prompts(self.tokenizer, [p.prompt for p in problems],
+                                      self.max_prompt, self.pad_id)
+        rollouts = sample_groups(self._generate, state["params"], state["biases"], ids, lengths,
+                                 self.group_size, key, stage.max_response_tokens, self.tokenizer)
+        rewards, components = score_rollouts(rollouts, problems, self.group_size,
+                                             rl["reward_weights"], rl["reward_params"],
+                                             stage.length_alpha)
+        sids = sentence_ids(rollouts, self.tokenizer, rl["pause_chars"], rl["objective"] == "lpo")
+        batch = jax.tree.map(jnp.asarray, training_batch(rollouts, rewards, sids,
+                                                         rl["advantage_eps"]))
+        inputs = {f: batch[f] for f in ("tokens", "positions", "segment_ids", "response")}
+        batch["logp_old"], entropy = self._score(state["params"], state["biases"], inputs)
+        if rl["kl_beta"] > 0:
+            ref_params, ref_biases = self._reference(state, k)
+            batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
+        return batch, self._rollout_metrics(rollouts, problems, rewards, components, batch,
+                                            entropy, stage)
+
+    def _rollout_metrics(self, rollouts, problems, rewards, components, batch, entropy,
+                         stage) -> dict:
+        mask = np.asarray(batch["mask"])
+        tokens = max(int(mask.sum()), 1)
+        gap = np.abs(np.asarray(batch["logp_old"]) - rollouts.sampler_logp)
+        repeated = [p for p in problems for _ in range(self.group_size)]
+        flat = rewards.reshape(-1)
+        out = {
+            "reward": float(flat.mean()), "reward_std": float(flat.std()),
+            "accuracy": float(exact_match(rollouts.texts, repeated).mean()),
+            "response_length": float(rollouts.lengths.mean()),
+            "finished_fraction": float(rollouts.finished.mean()),
+            "entropy": float(np.asarray(entropy)[mask].sum() / tokens),
+            "logp_gap": float(gap[mask].sum() / tokens),
+            "flat_groups": float(np.mean(rewards.max(1) == rewards.min(1))),
+            "stage": stage.index, "max_response_tokens": stage.max_response_tokens,
+            "length_alpha": stage.length_alpha,
+            "difficulty": float(np.mean([p.difficulty for p in problems])),
+            "tokens": float(rollouts.lengths.sum()),
+        }
+        out.update({f"reward_{name}": float(v.mean()) for name, v in components.items()})
+        return out
+
+    # -- the frozen reference policy (only with kl_beta > 0) -----------------------------------
+
+    def _reference(self, state: dict, step_in_phase: int):
+        """(params, biases) of the phase start, saved under the workdir for exact resume."""
+        if self.reference is not None:
+            return self.reference
+        import orbax.checkpoint as ocp
+
+        path = pathlib.Path(self.workdir).absolute() / REFERENCE_DIR.format(name=self.name)
+        tree = {"params": state["params"], "biases": state["biases"]}
+        with ocp.StandardCheckpointer() as ckpt:
+            if path.exists():
+                target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+                tree = ckpt.restore(path, target)
+            elif step_in_phase == 0:
+                tree = jax.tree.map(jnp.copy, tree)
+                ckpt.save(path, tree)
+                ckpt.wait_until_finished()
+            else:
+                raise ValueError(f"{path}: the reference policy of phase {self.name!r} is missing; "
+                                 "resume in the run's original workdir")
+        self.reference = (tree["params"], tree["biases"])
+        return self.reference
+
+
+register_phase_kind("rl", RLPhase)

@@ -1,0 +1,53 @@
+"""Ahead-of-time compilation of the sharded train step for a v5p topology (libtpu, no TPU)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from ling_jax.parallel.aot import compile_train_step, topology_devices
+from tests.parallel.aot_small import get_config
+
+pytestmark = pytest.mark.tpu_backend
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_ragged_all_to_all_train_step_compiles_for_v5p():
+    report = compile_train_step(get_config(), topology_devices("v5p:2x2x1"), topology="v5p:2x2x1")
+    assert report.devices == 4 and report.device_kind.startswith("TPU v5")
+    assert report.fits and 0 < report.peak_bytes < 1e9
+    assert report.collectives["ragged-all-to-all"] > 0  # the EP transport (forward, backward)
+    assert report.flops_per_device > 0.5 * report.model_flops_per_device
+
+
+@pytest.mark.slow
+def test_out_of_memory_is_a_result_not_a_crash():
+    cfg = get_config("ep_all_to_all")
+    cfg.model.vocab_size = cfg.tokenizer.vocab_size = 65536  # 1024 × 2048 × 65536 fp32 logits
+    cfg.model.max_position_embeddings = 2048
+    cfg.phases.pretrain.update(dict(batch_size=1024, seq_len=2048))
+    report = compile_train_step(cfg, topology_devices("v5p:2x2x1"), topology="v5p:2x2x1")
+    assert report.fits is False and "out of memory" in report.error
+
+
+@pytest.mark.slow
+def test_cli_json_report():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-m", "ling_jax.cli.main", "aot", "--config",
+         "tests/parallel/aot_small.py:ep_all_to_all", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout[out.stdout.index("{"):])
+    assert report["topology"] == "v5p:2x2x1"
+    peak = [k for k in report if "peak" in k]
+    assert peak and report[peak[0]] > 0 and report["compile_seconds"] > 0
+
+
+def test_bad_topology_is_one_clear_line():
+    with pytest.raises(ValueError, match="--topology 'v5p-16': use GENERATION:SHAPE"):
+        topology_devices("v5p-16")
