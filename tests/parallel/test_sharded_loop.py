@@ -18,7 +18,7 @@ def test_run_experiment_with_shard_fn_matches_one_device(tmp_path):
     _, _, abstract = step_parts(cfg)
     plan = plan_for_experiment(cfg, abstract)
     sharded = run_experiment(cfg, tmp_path / "sharded", shard_fn=plan.shard_fn, max_steps=2)
-    single = run_experiment(small_cfg(vocab=512), tmp_path / "single", max_steps=2)
+    run_experiment(small_cfg(vocab=512), tmp_path / "single", max_steps=2)
     a, b = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "sharded")
     assert len(a) == len(b) == 2
     for x, y in zip(a, b, strict=True):
