@@ -14,12 +14,12 @@ from ling_jax.train.experiment import checkpointing, experiment
 def get_config():
     model = get_preset("tiny")
     pretrain = dict(
-        kind="pretrain", steps=300, seq_len=256, batch_size=16,
+        kind="pretrain", steps=250, seq_len=256, batch_size=8,
         data=dict(sources=dict(python=dict(kind="builtin_python", split="train", weight=1.0))),
-        lr=dict(kind="wsm", peak_lr=3e-3, warmup_steps=30), bias_update_rate=1e-3,
+        lr=dict(kind="wsm", peak_lr=4e-3, warmup_steps=25), bias_update_rate=1e-3,
         z_loss=0.0)
     midtrain = dict(
-        kind="midtrain", steps=150, seq_len=256, batch_size=16,
+        kind="midtrain", steps=150, seq_len=256, batch_size=8,
         data=dict(sources=dict(
             arithmetic=dict(kind="builtin_arithmetic", split="train", weight=0.7),
             python=dict(kind="builtin_python", split="train", weight=0.3))),
@@ -28,4 +28,5 @@ def get_config():
         model, tokenizer=dict(kind="builtin", vocab_size=2048, cache_dir=""),
         phases=[("pretrain", pretrain), ("midtrain", midtrain)],
         checkpoint=checkpointing(every_steps=100, keep=2),
-        sample_prompt="Question: Tom has 12 apples and buys 7 more. How many apples does he have?")
+        sample_prompt=("Question: Farah has 5 stamps. Then Farah finds 14 more. Then the pile grows to 2 "
+                       "times its size. How many stamps does Farah have now?\nAnswer:\n"))  # held out
