@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import fp8_grouped_matmul, gmm, tgmm
 
-pytestmark = pytest.mark.tpu_backend
+pytestmark = [pytest.mark.tpu_backend, pytest.mark.slow]  # ~60 s of TPU compiles
 
 # name -> get_topology_desc topology_name (tpu7x exposes its 2 TensorCores per chip as devices).
 TOPOLOGIES = {"v5p": "v5p:2x2x1", "v6e": "v6e:2x2x1", "tpu7x": "tpu7x:2x2x1"}

@@ -170,6 +170,7 @@ def test_merge_checkpoints_averages_the_last_two(full_run, tmp_path):
     assert cfg.hidden_size == load_experiment(workdir).model.hidden_size
 
 
+@pytest.mark.slow
 def test_fp8_run_logs_the_numerics_monitor(tmp_path):
     cfg = small_experiment(pretrain_steps=2, midtrain_steps=1)
     cfg.model.fp8 = True
