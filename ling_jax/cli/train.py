@@ -37,7 +37,7 @@ class ProgressReporter:
         if self.first_loss is None:
             self.first_loss = record["loss"]
         self.bar.set_description(f"{record['phase']}", refresh=False)
-        self.bar.set_postfix_str(f"loss {record['loss']:.3f} lm {record['lm_loss']:.3f} "
+        self.bar.set_postfix_str(f"loss {record['loss']:.3f} lm {record.get('lm_loss', float('nan')):.3f} "
                                  f"{record['tokens_per_sec']:.0f} tok/s mfu {record['mfu']:.1%}",
                                  refresh=False)
         self.bar.update(1)
@@ -88,7 +88,8 @@ def main(argv) -> None:
     status = "preempted (checkpoint saved)" if result.preempted else "finished"
     print(f"\n{status} at step {result.global_step} in {time.time() - reporter.t0:.0f} s")
     if m:
-        print(f"final loss {m['loss']:.4f} (lm {m['lm_loss']:.4f}, mtp {m['mtp_loss']:.4f}); "
+        print(f"final loss {m['loss']:.4f} (lm {m.get('lm_loss', float('nan')):.4f}, "
+              f"mtp {m.get('mtp_loss', float('nan')):.4f}); "
               f"first step loss {reporter.first_loss:.4f}" if reporter.first_loss else "")
     print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
           f"(TensorBoard: {result.workdir / 'tensorboard'})")

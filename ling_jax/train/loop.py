@@ -158,7 +158,7 @@ class _Run:
         name = self.names[pos.phase_index]
         phase = self.cfg.phases[name]
         ctx = PhaseContext(self.cfg, self.tokenizer, pos.phase_index, self.starts[pos.phase_index],
-                           jax.process_index(), jax.process_count(), self.shard_fn)
+                           jax.process_index(), jax.process_count(), self.shard_fn, self.workdir)
         runner = phase_kinds()[phase.kind](ctx, name, phase)
         if pos.data_state is not None and pos.step_in_phase > 0:
             runner.set_data_state(pos.data_state)
@@ -180,7 +180,8 @@ class _Run:
                          **to_jsonable(metrics), "step_time": seconds,
                          "tokens_per_sec": float(metrics.get("tokens", 0)) / seconds,
                          "mfu": flops.mfu(step_flops, seconds, peak, jax.device_count())}
-            if monitor and monitor_due(pos.global_step, monitor_every):
+            if monitor and getattr(runner, "last_batch", None) is not None and monitor_due(
+                    pos.global_step, monitor_every):
                 # Two rows suffice for statistics; the monitor runs the layers unrolled.
                 rows = jax.tree.map(lambda x: x[:2], runner.last_batch)
                 self.last.update(monitor(state["params"], state["biases"], rows))
@@ -194,8 +195,10 @@ class _Run:
             stopped = stop and not (done and last_phase)
         runner.close()
         if pos.step_in_phase == length:
-            self.plots.append(plot_phase(read_metrics(self.workdir), name,
-                                         self.workdir / f"phase_{name}.png"))
+            records = read_metrics(self.workdir)
+            self.plots.append(plot_phase(records, name, self.workdir / f"phase_{name}.png"))
+            if hasattr(runner, "plot"):  # e.g. the rl kind's reward/accuracy curves
+                self.plots.append(runner.plot(records, self.workdir / f"phase_{name}_rl.png"))
             self.reporter.on_phase_end({"phase": name, "plot": str(self.plots[-1]),
                                         "record": self.last})
             pos.phase_index, pos.step_in_phase, pos.data_state = pos.phase_index + 1, 0, None

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 SCALAR_KEYS = ("loss", "lm_loss", "mtp_loss", "z_loss", "lr", "grad_norm", "tokens_per_sec", "mfu",
-               "load_max_min_ratio", "load_cv", "load_dead_experts")
+               "load_max_min_ratio", "load_cv", "load_dead_experts", "reward", "accuracy",
+               "heldout_accuracy", "response_length", "clip_fraction", "kl_old", "entropy")
 
 
 def to_jsonable(metrics: dict[str, Any]) -> dict[str, Any]:

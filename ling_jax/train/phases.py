@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 import zlib
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ class PhaseContext:
     process_index: int = 0
     process_count: int = 1
     shard_fn: Any = None  # optional: (step_fn, state, batch_example) -> compiled step (parallel/)
+    workdir: pathlib.Path | None = None  # the run directory (the rl kind keeps its reference policy)
 
 
 class PhaseRunner(Protocol):
