@@ -6,7 +6,8 @@ from ling_jax.config.model import ARCHITECTURE_DEFAULTS, FP8_EXPERT_BACKENDS, RU
 
 DTYPES = ("float32", "bfloat16")
 # Names of ling_jax.ops.expert_compute backends (config/ imports nothing of ours; ops checks the match).
-MOE_BACKENDS = ("blocked", "ragged_dot", "dense", "pallas_fp8", "megablox", "blocked_fp8")
+MOE_BACKENDS = ("blocked", "ragged_dot", "dense", "pallas_fp8", "megablox", "blocked_fp8",
+                "ep_all_to_all", "ep_ragged_all_to_all")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload")
 YARN_KEYS = (
     "type",

@@ -42,6 +42,9 @@ class EPSettings:
     mlp_axes: tuple[str, ...] = ("tensor",)  # axes sharding the expert hidden (mlp) dim
     capacity_factor: float = 0.0  # 0: dropless
     local_backend: str = "blocked"
+    # Set by the vmapped pipeline stages: lax.ragged_all_to_all has no batching rule there, so
+    # the ragged transport falls back to the fixed-capacity all_to_all (same routing and drops).
+    under_vmap: bool = False
 
 
 _SETTINGS: contextvars.ContextVar[EPSettings | None] = contextvars.ContextVar(
@@ -225,6 +228,8 @@ def ep_expert_compute(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtyp
         y = expert_compute.get(s.local_backend)(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype,
                                                 block_size=block_size)
         return y, jnp.zeros((), jnp.int32)
+    if transport == "ragged_all_to_all" and s.under_vmap:
+        transport = "all_to_all"
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown EP transport {transport!r}; choose one of {sorted(TRANSPORTS)}")
     n_ep, num_experts = mesh.shape[s.expert_axis], w.gate_EDF.shape[0]

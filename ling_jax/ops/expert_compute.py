@@ -49,6 +49,7 @@ def get(name: str) -> Backend:
 
 
 def _load_optional_backends() -> None:
+    import ling_jax.ops.ep_transport  # noqa: F401  (registers ep_all_to_all, ep_ragged_all_to_all)
     import ling_jax.ops.fp8_linear  # noqa: F401  (registers blocked_fp8)
 
     try:  # Pallas backends live in their own module so this one imports no kernels.

@@ -169,9 +169,14 @@ def make_mesh(spec: MeshSpec, devices: Sequence[Any] | None = None) -> Mesh:
     ici = [spec.ici[a] for a in MESH_AXES]
     dcn = [spec.dcn[a] for a in MESH_AXES]
     if math.prod(dcn) == 1:
-        return jax.make_mesh(ici, MESH_AXES, axis_types=types, devices=devices)
+        try:
+            return jax.make_mesh(ici, MESH_AXES, axis_types=types, devices=devices)
+        except NotImplementedError:  # TPU torus: an axis (e.g. 4 on 8x8x8) splits a physical axis
+            grid = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
+            return Mesh(grid, MESH_AXES, axis_types=types)
     if hasattr(devices[0], "slice_index"):
-        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                    allow_split_physical_axes=True)
     else:  # CPU test devices have no slices: DCN axes outermost, in device order
         grid = np.array(devices).reshape(*dcn, *ici)
         grid = grid.transpose(*(j for i in range(5) for j in (i, i + 5)))

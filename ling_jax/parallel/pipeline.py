@@ -28,6 +28,7 @@ from ling_jax.model.mtp import shift_left
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.stack import apply_stack
 from ling_jax.model.transformer import LingForCausalLM, ModelOutput
+from ling_jax.ops.ep_transport import current_settings, ep_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,9 @@ def pipeline_stack(stack, x_BTD, side: tuple, *, num_layers: int, settings: Pipe
 
     def stage_fn(stage_state, x, cos, sin, mask, token_mask):
         layers = nnx.merge(graphdef, stage_state)
-        return apply_stack(layers, x, cos, sin, mask, token_mask, num_layers=lp, scan=scan,
-                           remat_policy=remat_policy)
+        with ep_settings(dataclasses.replace(current_settings(), under_vmap=True)):
+            return apply_stack(layers, x, cos, sin, mask, token_mask, num_layers=lp, scan=scan,
+                               remat_policy=remat_policy)
 
     run_stages = jax.vmap(stage_fn, spmd_axis_name=settings.axis)
     b, t, e = x_mb.shape[1], x_mb.shape[2], stack.mlp.router.shape[-1]

@@ -110,3 +110,9 @@ def test_bfloat16_close_to_float32():
 def test_unknown_backend_named():
     with pytest.raises(ValueError, match="unknown MoE backend 'nope'.*blocked"):
         expert_compute.get("nope")
+
+
+def test_config_backend_names_match_the_registry():
+    from ling_jax.config.validation import MOE_BACKENDS
+
+    assert sorted(MOE_BACKENDS) == expert_compute.names()
