@@ -3,6 +3,13 @@
 4K context at θ 1e4 (20T tokens) → 32K context extension at θ 6e5 (150B, bias rate 1e-4) →
 reasoning mid-training at 32K (600B) → 128K with YaRN (factor 4). AdamW 0.9/0.95, wd 0.1, clip 1.0,
 init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merge-checkpoints).
+
+Scale-out of the 4K phase (`ling-jax aot --config experiments/ling_flash_2_pretrain.py [--topology
+T]`; libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all, capacity 1.25):
+    topology                     mesh               batch x microbatches  args   temp   peak    HBM
+    v5p:2x4x4   (32 chips)       fsdp 8 x expert 4  8352 x 261            26.6   31.1   57.8 GB  95
+    tpu7x:2x2x4 (16 chips, 32 d) fsdp 8 x expert 4  8352 x 261            26.6   36.2   62.9 GB  96
+8352 = 32 x 261: at most 32 batch shards. The 32K/128K phases need context parallelism (not done).
 """
 
 from ling_jax.config import get_preset

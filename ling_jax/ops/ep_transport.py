@@ -42,8 +42,9 @@ class EPSettings:
     mlp_axes: tuple[str, ...] = ("tensor",)  # axes sharding the expert hidden (mlp) dim
     capacity_factor: float = 0.0  # 0: dropless
     local_backend: str = "blocked"
-    # Set by the vmapped pipeline stages: lax.ragged_all_to_all has no batching rule there, so
-    # the ragged transport falls back to the fixed-capacity all_to_all (same routing and drops).
+    # Set by the vmapped pipeline stages, where batched ragged ops do not lower (ragged_all_to_all
+    # has no batching rule; TPU's ragged_dot takes no batched group sizes): the ragged transport
+    # becomes the fixed-capacity all_to_all (same routing and drops), ragged_dot becomes blocked.
     under_vmap: bool = False
 
 
@@ -223,13 +224,15 @@ def ep_expert_compute(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtyp
                       settings: EPSettings | None = None) -> tuple[jax.Array, jax.Array]:
     """Routed output [T, D] fp32 and the number of dropped (token, slot) rows (int32 scalar)."""
     s = settings or current_settings()
+    if s.under_vmap:
+        transport = "all_to_all" if transport == "ragged_all_to_all" else transport
+        if s.local_backend == "ragged_dot":
+            s = dataclasses.replace(s, local_backend="blocked")
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or s.expert_axis not in mesh.axis_names or mesh.shape[s.expert_axis] == 1:
         y = expert_compute.get(s.local_backend)(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype,
                                                 block_size=block_size)
         return y, jnp.zeros((), jnp.int32)
-    if transport == "ragged_all_to_all" and s.under_vmap:
-        transport = "all_to_all"
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown EP transport {transport!r}; choose one of {sorted(TRANSPORTS)}")
     n_ep, num_experts = mesh.shape[s.expert_axis], w.gate_EDF.shape[0]
