@@ -12,7 +12,8 @@ from ling_jax.train.experiment import paper_pretrain
 
 def get_config():
     cfg = paper_pretrain(get_preset("ling_1t"), peak_lr=1.86e-4, batch_4k=18144)
-    # 4K phase on the mesh (`ling-jax aot`, tables above): 18144 = 32 batch shards
+    # 4K phase on the mesh (check with `ling-jax aot`; its memory table is not recorded yet):
+    # 18144 = 32 batch shards
     # × 567 microbatches of one sequence per device.
     cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
     cfg.model.remat_policy = "full"
