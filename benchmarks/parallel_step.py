@@ -1,8 +1,8 @@
 """Sharded train-step figures (informational, never pass/fail).
 
     python benchmarks/parallel_step.py            # step time per mesh on 8 fake CPU devices
-    python benchmarks/parallel_step.py --aot      # + AOT per-device memory for the presets on
-                                                  #   v5p / tpu7x (libtpu; minutes to hours)
+    python benchmarks/parallel_step.py --aot      # + AOT per-device memory of the 4K phase of
+                                                  #   experiments/ling_*_pretrain.py (libtpu; ~1 h)
 CPU step times only show that every mesh runs and what the collectives cost on one host; the
 fake devices share the same cores, so no mesh is faster than one device here.
 """
@@ -10,7 +10,9 @@ fake devices share the same cores, so no mesh is faster than one device here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pathlib
 import sys
 import time
 
@@ -23,16 +25,11 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import ling_jax.config.validation as model_validation  # noqa: E402
 from ling_jax.config import get_preset  # noqa: E402
 from ling_jax.parallel.aot import compile_train_step, lm_step_fn, topology_devices  # noqa: E402
 from ling_jax.parallel.sharding import plan_for_experiment  # noqa: E402
 from ling_jax.train.experiment import checkpointing, experiment  # noqa: E402
 from ling_jax.train.loop import init_state  # noqa: E402
-
-# Until the model config lists the expert-parallel backends (registered by ops/ep_transport.py).
-model_validation.MOE_BACKENDS = tuple(dict.fromkeys(
-    (*model_validation.MOE_BACKENDS, "ep_all_to_all", "ep_ragged_all_to_all")))
 
 CPU_MESHES = {
     "1 device": None,
@@ -43,14 +40,13 @@ CPU_MESHES = {
     "data2 expert2 pipeline2": dict(data=2, expert=2, pipeline=2, pipeline_microbatches=4),
 }
 
-# (preset, topology, mesh, global batch): the AOT sizing runs reported in the lead's note.
+# (experiment in experiments/, topology): the 4K-phase tables in the experiments' docstrings.
 AOT_RUNS = [
-    ("ling_mini_2", "v5p:2x2x2", dict(fsdp=2, expert=4), 8),
-    ("ling_mini_2", "tpu7x:2x2x1", dict(fsdp=2, expert=4), 8),
-    ("ling_flash_2", "v5p:4x4x4", dict(fsdp=16, expert=4), 64),
-    ("ling_flash_2", "tpu7x:2x4x4", dict(fsdp=16, expert=4), 64),
-    ("ling_1t", "v5p:8x8x8", dict(fsdp=8, expert=64), 512),
-    ("ling_1t", "tpu7x:4x8x8", dict(fsdp=8, expert=64), 512),
+    ("ling_mini_2_pretrain", "v5p:2x2x4"),
+    ("ling_mini_2_pretrain", "tpu7x:2x2x2"),
+    ("ling_flash_2_pretrain", "v5p:2x4x4"),
+    ("ling_flash_2_pretrain", "tpu7x:2x2x4"),
+    ("ling_1t_pretrain", "v5p:4x8x8"),
 ]
 
 
@@ -110,17 +106,18 @@ def cpu_step_times(steps: int = 5) -> None:
 
 
 def aot_tables() -> None:
-    print(f"\n{'preset':<14}{'topology':<14}{'mesh':<22}{'batch':>6}{'compile s':>10}"
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # experiments/
+    print(f"\n{'experiment (4K phase)':<24}{'topology':<14}{'mesh':<22}{'compile s':>10}"
           f"{'args GB':>9}{'temp GB':>9}{'peak GB':>9}{'HBM GB':>8}  fits")
-    for preset, topology, mesh, batch in AOT_RUNS:
-        cfg = make_experiment(get_preset(preset), mesh, batch=batch, seq=4096,
-                              backend="ep_ragged_all_to_all", capacity_factor=1.25)
-        cfg.mesh.ep_local_backend = "ragged_dot"
-        r = compile_train_step(cfg, topology_devices(topology), topology=topology)
-        mesh_s = " ".join(f"{k}{v}" for k, v in mesh.items())
-        print(f"{preset:<14}{topology:<14}{mesh_s:<22}{batch:>6}{r.compile_seconds:>10.0f}"
+    for name, topology in AOT_RUNS:
+        cfg = importlib.import_module(f"experiments.{name}").get_config()
+        r = compile_train_step(cfg, topology_devices(topology), topology=topology,
+                               phase="pretrain_4k")
+        mesh_s = " ".join(f"{k}{v}" for k, v in r.mesh.items() if v > 1)
+        print(f"{name:<24}{topology:<14}{mesh_s:<22}{r.compile_seconds:>10.0f}"
               f"{r.argument_bytes / 1e9:>9.1f}{r.temp_bytes / 1e9:>9.1f}"
-              f"{r.peak_bytes / 1e9:>9.1f}{(r.hbm_bytes or 0) / 1e9:>8.0f}  {r.fits}", flush=True)
+              f"{r.peak_bytes / 1e9:>9.1f}{(r.hbm_bytes or 0) / 1e9:>8.0f}  {r.fits} {r.error}",
+              flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -87,6 +87,14 @@ def pipeline_stack(stack, x_BTD, side: tuple, *, num_layers: int, settings: Pipe
                                remat_policy=remat_policy)
 
     run_stages = jax.vmap(stage_fn, spmd_axis_name=settings.axis)
+
+    # One iteration, rematerialised: its backward keeps only the stage inputs, not the weights
+    # each stage picked (a per-iteration copy of the MoE weights) nor per-layer activations.
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+    def iteration(w, r_s, inputs, args):
+        ws = jax.tree.map(lambda a: a[0] if r_ == 1 else a[r_s, stage_ids], w)  # [S, Lp, ...]
+        return run_stages(ws, inputs, *args)
+
     b, t, e = x_mb.shape[1], x_mb.shape[2], stack.mlp.router.shape[-1]
 
     def body(carry, i):
@@ -96,9 +104,8 @@ def pipeline_stack(stack, x_BTD, side: tuple, *, num_layers: int, settings: Pipe
         m_s, r_s = jnp.clip(k, 0, None) % m_, jnp.clip(k // m_, 0, r_ - 1)
         first = jnp.where(r_s[0] == 0, x_mb[m_s[0]], loop_buf[m_s[0]])
         inputs = _constrain_stages(jnp.roll(prev, 1, axis=0).at[0].set(first), settings.axis)
-        ws = jax.tree.map(lambda a: a[r_s, stage_ids], w)  # [S, Lp, ...]: each stage's repeat
         args = jax.tree.map(lambda a: a[m_s], side_mb)
-        out, (c, lg) = run_stages(ws, inputs, *args)
+        out, (c, lg) = iteration(w, r_s, inputs, args)
         out = _constrain_stages(out, settings.axis)
         last = m_s[-1]
         loop_buf = loop_buf.at[last].set(jnp.where(valid[-1], out[-1], loop_buf[last]))

@@ -5,7 +5,6 @@ import functools
 import jax
 import numpy as np
 
-import ling_jax.config.validation as model_validation
 from ling_jax.config import get_preset
 from ling_jax.train.experiment import checkpointing, experiment
 from ling_jax.train.loop import init_state
@@ -13,10 +12,6 @@ from ling_jax.train.phases import PhaseContext, make_phase_optimizer, phase_grap
 from ling_jax.train.step import StepConfig, train_step
 
 VOCAB, BATCH, SEQ = 256, 8, 16
-EP_BACKENDS = ("ep_all_to_all", "ep_ragged_all_to_all")
-if not set(EP_BACKENDS) <= set(model_validation.MOE_BACKENDS):
-    # The model config lists backends by name; the EP ones register from ops/ep_transport.py.
-    model_validation.MOE_BACKENDS = (*model_validation.MOE_BACKENDS, *EP_BACKENDS)
 
 
 def small_cfg(mesh=None, *, backend="blocked", remat="none", microbatches=1, layers=3,
