@@ -36,6 +36,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "comput
 _BACKEND = flags.DEFINE_string("moe_backend", "blocked", "expert-compute backend")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after one compile step)")
 _REMAT = flags.DEFINE_string("remat_policy", "none", "remat policy")
+_SCAN = flags.DEFINE_bool("scan_layers", True, "scan the layer stacks (False unrolls them)")
 
 
 def _batch(rng, batch, length, vocab):
@@ -52,7 +53,8 @@ def _batch(rng, batch, length, vocab):
 
 def bench(name: str, peak: float) -> None:
     cfg = get_preset(name)
-    cfg.update(dict(dtype=_DTYPE.value, moe_backend=_BACKEND.value, remat_policy=_REMAT.value))
+    cfg.update(dict(dtype=_DTYPE.value, moe_backend=_BACKEND.value, remat_policy=_REMAT.value,
+                    scan_layers=_SCAN.value))
     batch, length = SHAPES[name]
     model = LingForCausalLM(cfg, rngs=nnx.Rngs(0))
     graphdef, params, biases = nnx.split(model, nnx.Param, ExpertBias)

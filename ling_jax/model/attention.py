@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -12,6 +10,7 @@ from ling_jax.config.model import linear_quant
 from ling_jax.model.linear import param, project
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import apply_rope
+from ling_jax.ops.attention_core import dot_product_attention
 
 
 def attention_mask(segment_ids_BT: jax.Array | None, batch: int, length: int) -> jax.Array:
@@ -21,19 +20,6 @@ def attention_mask(segment_ids_BT: jax.Array | None, batch: int, length: int) ->
         return jnp.broadcast_to(causal, (batch, 1, length, length))
     same = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
     return causal & same
-
-
-def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS) -> jax.Array:
-    """Softmax(QK^T/sqrt(d)) V in fp32; query head n uses KV head n // (N/K)."""
-    batch, length, num_heads, head_dim = q_BTNH.shape
-    num_kv = k_BSKH.shape[2]
-    q = q_BTNH.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(head_dim)
-    scores = jnp.where(mask_B1TS[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH, preferred_element_type=jnp.float32)
-    return out.reshape(batch, length, num_heads, head_dim).astype(v_BSKH.dtype)
 
 
 class Attention(nnx.Module):

@@ -17,6 +17,7 @@ from ling_jax.model.mtp import MTPLayer, shift_left
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.stack import apply_stack, make_stack
+from ling_jax.ops.mixed_einsum import mixed_einsum
 
 ACTIVATION_AXES = ("batch", "seq", "embed")
 
@@ -51,12 +52,7 @@ class LingForCausalLM(nnx.Module):
         )
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
-        return jnp.einsum(
-            "btd,dv->btv",
-            h_BTD.astype(self.dtype),
-            self.lm_head[...].astype(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
+        return mixed_einsum("btd,dv->btv", h_BTD, self.lm_head[...], self.dtype)
 
     def __call__(
         self,

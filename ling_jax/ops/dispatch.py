@@ -44,6 +44,7 @@ class BlockPlan(NamedTuple):
     row_slot: jax.Array  # [R] padded slot of each flat (token, slot) row
     block_expert: jax.Array  # [NB] expert that owns each block of `block_size` slots
     block_size: int
+    slot_row: jax.Array  # [P] flat (token, slot) row of each padded slot (R = padding)
 
 
 def choose_block_size(num_rows: int, num_experts: int, requested: int = 0) -> int:
@@ -75,8 +76,11 @@ def block_plan(expert_idx_TK: jax.Array, num_experts: int, block_size: int) -> B
     slots = num_blocks * block_size
     slot_token = jnp.full((slots,), num_tokens, jnp.int32).at[dest].set(plan.order // top_k)
     row_slot = jnp.zeros((num_rows,), jnp.int32).at[plan.order].set(dest)
+    slot_row = jnp.full((slots,), num_rows, jnp.int32).at[dest].set(plan.order)
     block_start = jnp.arange(num_blocks, dtype=jnp.int32) * block_size
     owner = jnp.searchsorted(padded_ends, block_start, side="right")
     return BlockPlan(
-        slot_token, row_slot, jnp.minimum(owner, num_experts - 1).astype(jnp.int32), block_size
+        slot_token, row_slot, jnp.minimum(owner, num_experts - 1).astype(jnp.int32), block_size,
+        slot_row,
     )
+

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from ling_jax.ops import dispatch
+from ling_jax.ops.blocked import blocked
+from ling_jax.ops.mixed_einsum import mixed_einsum
 
 
 class ExpertWeights(NamedTuple):
@@ -60,9 +62,7 @@ def _load_optional_backends() -> None:
 
 
 def _mm(eq: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
-    return jnp.einsum(
-        eq, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32
-    ).astype(dtype)
+    return mixed_einsum(eq, a, b, dtype).astype(dtype)
 
 
 @register("dense")
@@ -112,18 +112,4 @@ def _ragged_dot(lhs, rhs, sizes):
 register("ragged_dot")(sorted_backend(_ragged_dot))
 
 
-@register("blocked")
-def blocked(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
-    """Rows sorted into expert-aligned blocks; one batched einsum with per-block weights."""
-    num_tokens, top_k = expert_idx_TK.shape
-    num_experts, hidden = w.gate_EDF.shape[0], x_TD.shape[1]
-    b = dispatch.choose_block_size(num_tokens * top_k, num_experts, block_size)
-    plan = dispatch.block_plan(expert_idx_TK, num_experts, b)
-    x_pad = jnp.concatenate([x_TD.astype(dtype), jnp.zeros((1, hidden), dtype)])
-    x_NBD = x_pad[plan.slot_token].reshape(-1, b, hidden)
-    owner = plan.block_expert
-    gate = _mm("nbd,ndf->nbf", x_NBD, w.gate_EDF[owner], dtype)
-    up = _mm("nbd,ndf->nbf", x_NBD, w.up_EDF[owner], dtype)
-    y_NBD = _mm("nbf,nfd->nbd", jax.nn.silu(gate) * up, w.down_EFD[owner], dtype)
-    rows = y_NBD.reshape(-1, hidden)[plan.row_slot].reshape(num_tokens, top_k, hidden)
-    return jnp.einsum("tkd,tk->td", rows.astype(jnp.float32), weights_TK.astype(jnp.float32))
+register("blocked")(blocked)
