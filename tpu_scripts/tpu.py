@@ -82,7 +82,7 @@ def create_commands(a) -> list[list[str]]:
 
 def install_commands(a) -> list[list[str]]:
     unpack = (f"mkdir -p {REMOTE_DIR} && tar xzf ~/ling-jax-src.tar.gz -C {REMOTE_DIR} && "
-              f"python3 -m pip install -U pip && python3 -m pip install -e '{REMOTE_DIR}[tpu]'")
+              f"python3 -m pip install -U pip && python3 -m pip install -e '{REMOTE_DIR}[tpu,gcs]'")
     return [["git", "archive", "--format=tar.gz", f"--output={TARBALL}", "HEAD"],
             _scp(a, TARBALL, "~/ling-jax-src.tar.gz"), _ssh(a, unpack)]
 

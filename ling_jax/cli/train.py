@@ -1,4 +1,9 @@
-"""`ling-jax train --config experiments/colab_tiny.py [--config.FIELD=VALUE ...] [--workdir DIR]`."""
+"""`ling-jax train --config experiments/colab_tiny.py [--config.FIELD=VALUE ...] [--workdir DIR]`.
+
+An experiment with a `mesh` block of more than one device trains sharded on it (override with
+e.g. --config.mesh.fsdp=4); a mesh that does not fit the devices, model or batch stops with one
+line before anything compiles. --workdir may be a gs:// path.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ class ProgressReporter:
         total = sum(info["steps"])
         self.start_step = info["resume_step"] or 0
         print(f"phases {info['phases']} ({total} steps); peak {info['peak_flops'] / 1e9:.0f} "
-              f"GFLOP/s per device ({info['peak_source']}); workdir {info['workdir']}")
+              f"GFLOP/s per device ({info['peak_source']}); mesh {info.get('mesh', 'one device')}; "
+              f"workdir {info['workdir']}")
         if info["resume_step"]:
             print(f"resuming from step {info['resume_step']}")
         self.bar = tqdm(total=total, initial=self.start_step, dynamic_ncols=True, smoothing=0.1)

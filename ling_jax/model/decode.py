@@ -96,7 +96,7 @@ def _layer_cached(layer, x_BTD, cos, sin, mask_B1TS, k_BSKH, v_BSKH, index):
     v_BSKH = jax.lax.dynamic_update_slice(v_BSKH, v.astype(v_BSKH.dtype), (0, index, 0, 0))
     x_BTD = x_BTD + layer.attn.output(dot_product_attention(q, k_BSKH, v_BSKH, mask_B1TS))
     h = layer.post_attn_norm(x_BTD)
-    y = layer.mlp(h)[0] if layer.use_moe else layer.mlp(h)  # MoE returns (y, counts, logits)
+    y = layer.mlp(h)[0] if layer.use_moe else layer.mlp(h)  # MoE returns (y, counts, logits, dropped)
     return x_BTD + y, k_BSKH, v_BSKH
 
 

@@ -32,10 +32,10 @@ class DecoderLayer(nnx.Module):
             )
 
     def __call__(self, x_BTD, cos, sin, mask_B1TS, token_mask_BT=None):
-        """Returns (x, (expert counts [E], router logits [B,T,E])) — the aux is None for dense."""
+        """Returns (x, (expert counts [E], router logits [B,T,E], dropped rows)); None for dense."""
         x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), cos, sin, mask_B1TS)
         h = self.post_attn_norm(x_BTD)
         if not self.use_moe:
             return x_BTD + self.mlp(h), None
-        y, counts, logits = self.mlp(h, token_mask_BT)
-        return x_BTD + y, (counts, logits)
+        y, counts, logits, dropped = self.mlp(h, token_mask_BT)
+        return x_BTD + y, (counts, logits, dropped)

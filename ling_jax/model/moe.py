@@ -11,6 +11,7 @@ from ling_jax.model.linear import param
 from ling_jax.model.mlp import SwiGLU
 from ling_jax.model.router import expert_counts, route_tokens
 from ling_jax.ops import expert_compute
+from ling_jax.ops.ep_transport import compute_with_drops
 
 
 class ExpertBias(nnx.Variable):
@@ -55,7 +56,8 @@ class MoE(nnx.Module):
             )
 
     def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None):
-        """Returns (y [B,T,D], tokens per expert [E] int32, router logits [B,T,E] fp32)."""
+        """Returns (y [B,T,D], tokens per expert [E] int32, router logits [B,T,E] fp32,
+        (token, slot) rows dropped by an expert-parallel capacity, int32 scalar)."""
         batch, length, hidden = x_BTD.shape
         x_TD = x_BTD.reshape(batch * length, hidden)
         routing = route_tokens(
@@ -70,8 +72,7 @@ class MoE(nnx.Module):
         weights = expert_compute.ExpertWeights(
             self.gate_proj[...], self.up_proj[...], self.down_proj[...]
         )
-        compute = expert_compute.get(self.backend)
-        y_TD = compute(
+        y_TD, dropped = compute_with_drops(self.backend)(
             x_TD,
             routing.expert_idx_TK,
             routing.weights_TK,
@@ -84,4 +85,4 @@ class MoE(nnx.Module):
             y_BTD = y_BTD + self.shared(x_BTD)
         mask_T = None if token_mask_BT is None else token_mask_BT.reshape(-1)
         counts = expert_counts(routing.expert_idx_TK, self.router.shape[1], mask_T)
-        return y_BTD, counts, routing.logits_TE.reshape(batch, length, -1)
+        return y_BTD, counts, routing.logits_TE.reshape(batch, length, -1), dropped

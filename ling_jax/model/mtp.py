@@ -29,7 +29,8 @@ class MTPLayer(nnx.Module):
         self.final_norm = RMSNorm(d, eps=eps, param_dtype=param_dtype)
 
     def __call__(self, h_BTD, emb_next_BTD, cos, sin, mask, token_mask=None):
-        """Returns (normed hidden [B,T,D] for the shared head, (counts [E], router logits))."""
+        """Returns (normed hidden [B,T,D] for the shared head, (counts [E], router logits,
+        dropped rows))."""
         u = jnp.concatenate([self.enorm(emb_next_BTD), self.hnorm(h_BTD)], axis=-1)
         u = project("btc,cd->btd", u, self.eh_proj[...], self.dtype)
         u, aux = self.block(u, cos, sin, mask, token_mask)

@@ -27,6 +27,7 @@ class ModelOutput(NamedTuple):
     mtp_logits: jax.Array  # [n_mtp, B, T, V] fp32 (n_mtp may be 0)
     expert_counts: jax.Array  # [n_moe + n_mtp, E] int32: MoE stack layers, then MTP layers
     router_logits: jax.Array  # [n_moe + n_mtp, B, T, E] fp32, same order
+    ep_dropped: jax.Array | None = None  # [n_moe + n_mtp] int32 rows dropped by EP capacity
 
 
 class LingForCausalLM(nnx.Module):
@@ -76,23 +77,25 @@ class LingForCausalLM(nnx.Module):
             x, _ = apply_stack(
                 self.dense_layers, x, cos, sin, mask, token_mask, num_layers=self.num_dense, **run
             )
-        counts, router_logits = [], []
+        counts, router_logits, dropped = [], [], []
         if self.moe_layers is not None:
-            x, (c, r) = apply_stack(
+            x, (c, r, d) = apply_stack(
                 self.moe_layers, x, cos, sin, mask, token_mask, num_layers=self.num_moe, **run
             )
             counts.append(c)
             router_logits.append(r)
+            dropped.append(d)
         h = self.final_norm(x)
         mtp_logits, ids = [], input_ids
         for layer in self.mtp_layers:
             ids = shift_left(ids)
-            h, (c, r) = layer(
+            h, (c, r, d) = layer(
                 h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin, mask, token_mask
             )
             mtp_logits.append(self.logits(h))
             counts.append(c[None])
             router_logits.append(r[None])
+            dropped.append(d[None])
         logits = self.logits(self.final_norm(x))
         n_exp = cfg.num_experts
         return ModelOutput(
@@ -108,4 +111,5 @@ class LingForCausalLM(nnx.Module):
                 if router_logits
                 else jnp.zeros((0, batch, length, n_exp), jnp.float32)
             ),
+            ep_dropped=jnp.concatenate(dropped) if dropped else jnp.zeros((0,), jnp.int32),
         )

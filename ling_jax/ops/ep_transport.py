@@ -10,8 +10,9 @@ Per device, with T local tokens, K slots, n devices on the expert axis and E/n l
   return (transport) → weighted combine at the source → psum over the axes sharding the mlp dim.
 Capacity (rows per source→destination pair) is T·min(K, E/n) by default: no token is ever
 dropped. A `capacity_factor` c > 0 sizes it ⌈c·T·K/n⌉ instead; rows past it are dropped (their
-output is zero) and counted. Without a mesh in context, or with an expert axis of size 1, the
-backends run `local_backend` directly, so a model configured for EP also runs on one device.
+output is zero) and counted: `compute_with_drops(name)` returns that count with the output.
+Without a mesh in context, or with an expert axis of size 1, the backends run `local_backend`
+directly, so a model configured for EP also runs on one device.
 The mesh comes from `jax.set_mesh`; the axis names from `ep_settings(...)` (parallel/ sets both).
 """
 
@@ -261,6 +262,28 @@ def ep_expert_compute(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtyp
     return fn(x_TD, expert_idx_TK, weights_TK, w.gate_EDF, w.up_EDF, w.down_EFD)
 
 
+# The registered EP backends and the transport each one uses.
+EP_BACKENDS: dict[str, str] = {"ep_all_to_all": "all_to_all",
+                               "ep_ragged_all_to_all": "ragged_all_to_all"}
+
+
+def compute_with_drops(backend: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Backend `backend` as fn(x_TD, idx_TK, weights_TK, w, *, dtype, block_size) ->
+    (y [T, D] fp32, dropped (token, slot) rows, int32 scalar, global over the token shards).
+
+    EP backends count the rows their capacity dropped; every other backend is dropless (0).
+    """
+    if backend in EP_BACKENDS:
+        return functools.partial(ep_expert_compute, transport=EP_BACKENDS[backend])
+    compute = expert_compute.get(backend)
+
+    def dropless(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
+        y = compute(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype, block_size=block_size)
+        return y, jnp.zeros((), jnp.int32)
+
+    return dropless
+
+
 def _backend(transport: str) -> expert_compute.Backend:
     def run(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
         return ep_expert_compute(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype,
@@ -269,5 +292,5 @@ def _backend(transport: str) -> expert_compute.Backend:
     return run
 
 
-expert_compute.register("ep_all_to_all")(_backend("all_to_all"))
-expert_compute.register("ep_ragged_all_to_all")(_backend("ragged_all_to_all"))
+for _name, _transport in EP_BACKENDS.items():
+    expert_compute.register(_name)(_backend(_transport))

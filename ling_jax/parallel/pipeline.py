@@ -68,7 +68,8 @@ def _merge_micro(a):
 
 def pipeline_stack(stack, x_BTD, side: tuple, *, num_layers: int, settings: PipelineSettings,
                    scan: bool, remat_policy: str):
-    """The MoE stack on the circular schedule; returns (x, (counts [L, E], logits [L, B, T, E]))."""
+    """The MoE stack on the circular schedule; returns (x, (counts [L, E], logits [L, B, T, E],
+    dropped EP rows [L]))."""
     s_, r_, m_ = settings.stages, settings.repeats, settings.microbatches
     lp = num_layers // (s_ * r_)
     graphdef, state = nnx.split(stack)
@@ -98,30 +99,33 @@ def pipeline_stack(stack, x_BTD, side: tuple, *, num_layers: int, settings: Pipe
     b, t, e = x_mb.shape[1], x_mb.shape[2], stack.mlp.router.shape[-1]
 
     def body(carry, i):
-        prev, loop_buf, counts, logits = carry
+        prev, loop_buf, counts, logits, dropped = carry
         k = i - stage_ids  # virtual microbatch index of each stage
         valid = (k >= 0) & (k < r_ * m_)
         m_s, r_s = jnp.clip(k, 0, None) % m_, jnp.clip(k // m_, 0, r_ - 1)
         first = jnp.where(r_s[0] == 0, x_mb[m_s[0]], loop_buf[m_s[0]])
         inputs = _constrain_stages(jnp.roll(prev, 1, axis=0).at[0].set(first), settings.axis)
         args = jax.tree.map(lambda a: a[m_s], side_mb)
-        out, (c, lg) = iteration(w, r_s, inputs, args)
+        out, (c, lg, d) = iteration(w, r_s, inputs, args)
         out = _constrain_stages(out, settings.axis)
         last = m_s[-1]
         loop_buf = loop_buf.at[last].set(jnp.where(valid[-1], out[-1], loop_buf[last]))
         c = jnp.where(valid[:, None, None], c, 0)
         counts = counts.at[r_s, stage_ids].add(c)
+        dropped = dropped.at[r_s, stage_ids].add(jnp.where(valid[:, None], d, 0))  # no bubbles
         keep = valid[:, None, None, None, None]
         logits = logits.at[r_s, stage_ids, :, m_s].set(
             jnp.where(keep, lg, logits[r_s, stage_ids, :, m_s]))
-        return (out, loop_buf, counts, logits), None
+        return (out, loop_buf, counts, logits, dropped), None
 
     init = (jnp.zeros((s_, b, t, x_BTD.shape[-1]), x_BTD.dtype), jnp.zeros_like(x_mb),
-            jnp.zeros((r_, s_, lp, e), jnp.int32), jnp.zeros((r_, s_, lp, m_, b, t, e), jnp.float32))
+            jnp.zeros((r_, s_, lp, e), jnp.int32), jnp.zeros((r_, s_, lp, m_, b, t, e), jnp.float32),
+            jnp.zeros((r_, s_, lp), jnp.int32))
     init = (_constrain_stages(init[0], settings.axis), *init[1:])
-    (_, out, counts, logits), _ = jax.lax.scan(body, init, jnp.arange(settings.iterations))
+    (_, out, counts, logits, dropped), _ = jax.lax.scan(body, init,
+                                                        jnp.arange(settings.iterations))
     logits = jax.vmap(_merge_micro)(logits.reshape(num_layers, m_, b, t, e))
-    return _merge_micro(out), (counts.reshape(num_layers, e), logits)
+    return _merge_micro(out), (counts.reshape(num_layers, e), logits, dropped.reshape(num_layers))
 
 
 class PipelinedLing(LingForCausalLM):
@@ -146,31 +150,36 @@ class PipelinedLing(LingForCausalLM):
         if self.dense_layers is not None:
             x, _ = apply_stack(self.dense_layers, x, cos, sin, mask, token_mask,
                                num_layers=self.num_dense, **run)
-        counts, router_logits = [], []
+        counts, router_logits, dropped = [], [], []
         if self.moe_layers is not None:
             tm = jnp.ones((batch, length), bool) if token_mask is None else token_mask
-            x, (c, r) = pipeline_stack(self.moe_layers, x, (cos, sin, mask, tm),
-                                       num_layers=self.num_moe, settings=self.pipeline, **run)
+            x, (c, r, d) = pipeline_stack(self.moe_layers, x, (cos, sin, mask, tm),
+                                          num_layers=self.num_moe, settings=self.pipeline, **run)
             counts.append(c)
             router_logits.append(r)
-        return self._heads(x, input_ids, embed, cos, sin, mask, token_mask, counts, router_logits)
+            dropped.append(d)
+        return self._heads(x, input_ids, embed, cos, sin, mask, token_mask,
+                           (counts, router_logits, dropped))
 
-    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, counts, router_logits):
+    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux):
         """Final norm, MTP layers and logits, as LingForCausalLM does after the MoE stack."""
+        counts, router_logits, dropped = aux
         h = self.final_norm(x)
         mtp_logits, ids = [], input_ids
         for layer in self.mtp_layers:
             ids = shift_left(ids)
-            h, (c, r) = layer(h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin, mask,
-                              token_mask)
+            h, (c, r, d) = layer(h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin,
+                                 mask, token_mask)
             mtp_logits.append(self.logits(h))
             counts.append(c[None])
             router_logits.append(r[None])
+            dropped.append(d[None])
         return ModelOutput(logits=self.logits(self.final_norm(x)),
                            mtp_logits=jnp.stack(mtp_logits) if mtp_logits else
                            jnp.zeros((0, *input_ids.shape, self.cfg.vocab_size), jnp.float32),
                            expert_counts=jnp.concatenate(counts),
-                           router_logits=jnp.concatenate(router_logits))
+                           router_logits=jnp.concatenate(router_logits),
+                           ep_dropped=jnp.concatenate(dropped))
 
 
 def pipelined_graphdef(graphdef, abstract_params, abstract_biases, settings: PipelineSettings):

@@ -183,6 +183,15 @@ class CheckpointStore:
         payload = _from_json(restored[_META])
         return restored[_STATE], payload["meta"], payload["data_state"]
 
+    def read_meta(self, step: int) -> tuple[dict, dict | None]:
+        """(meta, data_state) of a committed `step`, without reading its arrays."""
+        self._manager.wait_until_finished()
+        if step not in self.all_steps():
+            raise ValueError(f"no complete checkpoint for step {step} in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+        payload = _from_json(restored[_META])
+        return payload["meta"], payload["data_state"]
+
     def wait(self) -> None:
         """Block until every started save is committed (raises if one failed)."""
         self._manager.wait_until_finished()

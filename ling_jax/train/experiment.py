@@ -18,6 +18,7 @@ import ml_collections
 
 from ling_jax.config import ConfigError, validate_model_config
 from ling_jax.data.config import validate_data_config
+from ling_jax.parallel.mesh import mesh_block
 from ling_jax.train.schedules import make_schedule
 
 PHASE_DEFAULTS: dict[str, Any] = dict(
@@ -156,7 +157,8 @@ def experiment(model, *, tokenizer: dict, phases: list, checkpoint, seed: int = 
         model=model, tokenizer=ml_collections.ConfigDict(tokenizer), seed=seed,
         optimizer=paper_optimizer(), checkpoint=checkpoint, log_every=log_every,
         phase_order=order, phases=phase_dict, sample_prompt=sample_prompt,
-        fp8_monitor_every=fp8_monitor_every))
+        fp8_monitor_every=fp8_monitor_every,
+        mesh=mesh_block()))  # one device; every field present so --config.mesh.X=... works
 
 
 def paper_pretrain(model, *, peak_lr: float, batch_4k: int) -> ml_collections.ConfigDict:

@@ -59,8 +59,9 @@ def _micro_loss(params, biases, mb: dict, norms: dict, graphdef, sc: StepConfig)
         # Σ over layers of z, token-weighted so microbatches add up to the batch mean.
         z_sum = z_loss(out.router_logits, token_mask).sum() * tokens
         loss = loss + sc.z_coef * z_sum / norms["tokens"]
+    dropped = jnp.zeros((), jnp.int32) if out.ep_dropped is None else out.ep_dropped.sum()
     aux = {"lm_sum": lm_sum, "mtp_sums": jnp.stack(mtp_sums) if mtp_sums else jnp.zeros((0,)),
-           "z_sum": z_sum, "counts": out.expert_counts}
+           "z_sum": z_sum, "counts": out.expert_counts, "dropped": dropped}
     return loss, aux
 
 
@@ -109,6 +110,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, optimizer: optax.Gra
         "z_loss": aux["z_sum"] / norms["tokens"] / max(sc.num_moe + sc.num_mtp, 1),
         "grad_norm": grad_norm, "lr": current_lr(opt_state), "target_tokens": norms["lm"],
         "tokens": norms["tokens"],
+        "ep_dropped_tokens": aux["dropped"],  # (token, expert) rows over EP capacity (0: dropless)
     }
     if aux["counts"].shape[0]:
         load = load_metrics(aux["counts"])

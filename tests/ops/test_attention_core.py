@@ -53,5 +53,5 @@ def test_gradients_match_autodiff(dtype, tol):
 
     got = jax.grad(lambda *a: loss(dot_product_attention, *a), argnums=(0, 1, 2))(*args)
     want = jax.grad(lambda *a: loss(_reference, *a), argnums=(0, 1, 2))(*args)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w)) < tol

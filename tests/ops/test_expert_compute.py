@@ -144,6 +144,7 @@ def test_blocked_bfloat16_gradients_close_to_float32(skew):
         args = (jnp.asarray(x), jnp.asarray(w), ExpertWeights(*map(jnp.asarray, weights)))
         return jax.grad(loss, argnums=(0, 1, 2))(*args)
 
-    for low, ref in zip(jax.tree.leaves(grads(jnp.bfloat16)), jax.tree.leaves(grads(jnp.float32))):
+    for low, ref in zip(jax.tree.leaves(grads(jnp.bfloat16)), jax.tree.leaves(grads(jnp.float32)),
+                        strict=True):
         assert low.dtype == ref.dtype == jnp.float32  # fp32 master weights get fp32 gradients
         assert float(jnp.linalg.norm(low - ref) / jnp.linalg.norm(ref)) < 2e-2

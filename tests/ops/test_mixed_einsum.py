@@ -30,9 +30,9 @@ def test_matches_float32_autodiff(eq, xs, ws):
                    argnums=(0, 1))(x, w)
     np.testing.assert_allclose(mixed_einsum(eq, x, w, jnp.float32),
                                jnp.einsum(eq, x, w, precision="highest"), rtol=1e-5, atol=1e-5)
-    for got, want in zip(_grads(eq, x, w, jnp.float32, probe), ref):
+    for got, want in zip(_grads(eq, x, w, jnp.float32, probe), ref, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    for got, want, primal in zip(_grads(eq, x, w, jnp.bfloat16, probe), ref, (x, w)):
+    for got, want, primal in zip(_grads(eq, x, w, jnp.bfloat16, probe), ref, (x, w), strict=True):
         assert got.dtype == primal.dtype  # an fp32 master weight keeps an fp32 gradient
         assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < 1e-2
 

@@ -135,3 +135,20 @@ def test_capacity_bounds():
     assert capacity(100, 8, 4, 64, 0.0) == 800  # every row could go to one device
     assert capacity(100, 8, 64, 4, 0.0) == 400  # at most E/n distinct experts per device
     assert capacity(100, 8, 4, 64, 1.25) == 250
+
+
+def test_compute_with_drops_counts_for_ep_backends_only(problem):
+    """The model's entry: (y, dropped) for every backend name; only EP backends can drop."""
+    x, idx, w, weights = problem
+    mesh = make_mesh(mesh_spec(dict(fsdp=4, expert=2)))
+    keep = _numpy_keep(idx, 8, 2, 0.6)
+    for name, factor, want_dropped in [("ep_all_to_all", 0.6, int((~keep).sum())),
+                                       ("ep_all_to_all", 0.0, 0), ("blocked", 0.6, 0)]:
+        fn = jax.jit(functools.partial(ep_transport.compute_with_drops(name), dtype=jnp.float32))
+        with jax.set_mesh(mesh), ep_transport.ep_settings(EPSettings(capacity_factor=factor)):
+            y, dropped = fn(x, idx, w, weights)
+        assert int(dropped) == want_dropped, name
+        kept = keep if want_dropped else np.ones(idx.shape, bool)
+        np.testing.assert_allclose(np.asarray(y, np.float64), _numpy_moe(x, idx, w, weights, kept),
+                                   rtol=1e-5, atol=1e-5)
+    assert want_dropped == 0 and int((~keep).sum()) > 0
