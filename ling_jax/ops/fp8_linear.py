@@ -175,12 +175,15 @@ def tap(fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> Iterator[
 
 
 def fp8_einsum(equation: str, x: jax.Array, w: jax.Array, dtype, *, impl: str = "auto") -> jax.Array:
-    """A projection einsum (contraction flattened into K) as blockwise FP8; returns `dtype`."""
+    """A projection einsum (contraction flattened into K) as blockwise FP8; returns `dtype`.
+
+    w keeps its own (master) dtype: it is quantised straight to E4M3 and its gradient comes back
+    fp32-accumulated in that dtype, never rounded to `dtype` on the way (as in ops.mixed_einsum)."""
     x_free, contracted, _ = parse_projection(equation)
     lead = x.shape[: len(x_free)]
     k = math.prod(x.shape[len(x_free) :])
     x_MK = x.reshape(-1, k).astype(dtype)
-    w_KN = w.reshape(k, -1).astype(dtype)
+    w_KN = w.reshape(k, -1)
     y_MN = fp8_matmul(x_MK, w_KN, impl=impl)
     hook = _TAP.get()
     if hook is not None:
@@ -201,8 +204,8 @@ def blocked_fp8(x_TD, expert_idx_TK, weights_TK, w: expert_compute.ExpertWeights
     x_NBD = x_pad[plan.slot_token].reshape(-1, b, hidden)
     owner = plan.block_expert
 
-    def mm(a, w_EXY):
-        return fp8_matmul(a, w_EXY[owner].astype(dtype)).astype(dtype)
+    def mm(a, w_EXY):  # master-dtype weights: each block's dW is not rounded to `dtype`
+        return fp8_matmul(a, w_EXY[owner]).astype(dtype)
 
     h_NBF = jax.nn.silu(mm(x_NBD, w.gate_EDF)) * mm(x_NBD, w.up_EDF)
     y_NBD = mm(h_NBF, w.down_EFD)

@@ -96,6 +96,24 @@ def test_bfloat16_dtypes_and_saturation():
     assert rel_err(y.astype(jnp.float32), y_ref) < FP8_RTOL
 
 
+def test_master_weight_gradient_not_rounded():
+    """bf16 compute, fp32 master weight: W is quantised from its fp32 value and dW comes back in
+    fp32 as the float64 recipe has it (a bf16 round trip would leave it ~1e-3 off)."""
+    rng = np.random.default_rng(8)
+    bf16_values = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32))  # noqa: E731
+    x = bf16_values(rng.standard_normal((40, 256)))
+    w = (rng.standard_normal((256, 192)) * 0.05).astype(np.float32)
+    dy = bf16_values(rng.standard_normal((40, 192)))
+    f = lambda a, b: fp8_linear.fp8_einsum("md,dn->mn", a, b, jnp.bfloat16)  # noqa: E731
+    y, dx, dw = _fwd_bwd(f, jnp.asarray(x, jnp.bfloat16), w, jnp.asarray(dy, jnp.bfloat16))
+    y_ref, dx_ref, dw_ref = _np_fp8_matmul_grads(x, w, dy)
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+    assert rel_err(dw, dw_ref) < TIGHT
+    # y and dx come back in the compute dtype: the recipe up to one bf16 rounding
+    assert rel_err(y.astype(jnp.float32), y_ref) < 2**-8
+    assert rel_err(dx.astype(jnp.float32), dx_ref) < 2**-8
+
+
 @pytest.mark.parametrize(
     "equation, x_shape, w_shape",
     [("btd,dnh->btnh", (2, 5, 128), (128, 4, 32)), ("btnh,nhd->btd", (2, 5, 4, 32), (4, 32, 96))],
