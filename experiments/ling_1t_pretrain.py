@@ -9,13 +9,14 @@ libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all, cap
     config      topology                   mesh                 batch x microbatches  peak   HBM
     (default)   v5p:4x8x8  (256 chips)     tensor 8 x expert 32  18144 x 567          65.0   95 GB
     :v5p_512    v5p:8x8x8  (512 chips)     fsdp 8 x expert 64    18432 x 36           46.9   95 GB
-    :tpu7x      tpu7x:4x8x8 (512 devices)  fsdp 8 x expert 64    18432 x 36           52.0   96 GB
+    :tpu7x      tpu7x:4x8x8 (512 devices)  fsdp 8 x expert 64    18432 x 36           58.5   96 GB
 (default: arguments 31.8 GB, temporaries 33.1 GB per chip.) The paper's batch 18144 = 32 x 567
 allows at most 32 batch shards. TPU7x does not fit it: tensor 8 x expert 32 on tpu7x:4x4x8 aborts
 inside libtpu 0.0.52's compiler; pipeline 2 x tensor 4 x expert 32 (4x4x8) and pipeline 4 x
 tensor 4 x expert 32 (4x8x8) need 126 / 101 GB of temporaries. fsdp 8 x expert 64 fits once the
-global batch is divisible by 512 (18432 = 512 x 36 microbatches, +1.6% tokens per step); its peaks
-were measured at batch 512 x 1, i.e. the same one-sequence-per-device microbatch.
+global batch is divisible by 512 (18432 = 512 x 36 microbatches, +1.6% tokens per step). The :tpu7x
+row is the full 18432 x 36 step (arguments 15.8 GB, temporaries 42.6 GB; the gradient accumulator
+adds 6.5 GB over the 52.0 GB measured at 512 x 1); the :v5p_512 row was measured at 512 x 1.
 The 32K/128K phases need context parallelism (not done): train them on a mesh that fits their
 batch (e.g. --config.mesh... overrides) or stop after pretrain_4k with --max_steps.
 """
