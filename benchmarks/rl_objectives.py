@@ -1,14 +1,19 @@
-"""LPO vs GRPO vs GSPO on the same budget and seeds: the RL phase of experiments/colab_tiny_rl.py.
+"""LPO vs GRPO vs GSPO on the same budget and seeds: the RL phase of experiments/colab_tiny.py.
 
-Runs pretrain → midtrain once (or reuses a workdir that holds its step-`--base_step` checkpoint),
-then the rl phase from that same checkpoint with each objective (its default clip ε), the same
-prompts, sampling seeds and step count, and prints a table: held-out greedy exact match before and
-after (95% Wilson CIs, paired difference CI), mean rollout reward/accuracy over the first and last
+Runs pretrain → midtrain once (or reuses a finished default run's end-of-midtrain checkpoint), then
+the rl phase from that same checkpoint with each objective (its default clip ε), the same prompts,
+sampling seeds and step count, and prints a table: held-out greedy exact match before and after
+(95% Wilson CIs, paired difference CI), mean rollout reward/accuracy over the first and last
 quarter of the steps, clip fraction, KL to π_old, entropy and wall time. Prints figures, never
 pass/fail.
 
-    python benchmarks/rl_objectives.py --workdir /tmp/rl_bench [--steps 36] [--objectives lpo,grpo]
-        [--base runs/tiny_rl]   # reuse a colab_tiny_rl run's end-of-midtrain checkpoint
+With one optimizer update per rollout batch (the default experiment: epochs = minibatches = 1)
+every ratio is exactly 1, so LPO and GRPO take the same gradient and only GSPO's per-sequence
+weighting differs; `--epochs 2` (the default here) makes the second pass off-policy, where the
+objectives' ratios and clips differ.
+
+    python benchmarks/rl_objectives.py --workdir /tmp/rl_bench [--steps 40] [--epochs 2]
+        [--objectives lpo,grpo] [--base runs/colab_tiny]   # reuse a default run's checkpoint
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 
-import colab_tiny_rl  # noqa: E402
+import colab_tiny  # noqa: E402
 
 from ling_jax.rl.evaluation import paired_difference, wilson_interval  # noqa: E402
 from ling_jax.train.experiment import with_phase_defaults  # noqa: E402
@@ -31,9 +36,11 @@ from ling_jax.train.loop import run_experiment  # noqa: E402
 from ling_jax.train.metrics_log import read_metrics  # noqa: E402
 
 
-def _config(objective: str, steps: int):
-    cfg = colab_tiny_rl.get_config()
-    cfg.phases.rl = with_phase_defaults(colab_tiny_rl.rl_phase(objective, steps))
+def _config(objective: str, steps: int, epochs: int = 1):
+    cfg = colab_tiny.get_config()
+    phase = colab_tiny.rl_phase(objective, steps)
+    phase["rl"]["epochs"] = epochs
+    cfg.phases.rl = with_phase_defaults(phase)
     return cfg
 
 
@@ -43,7 +50,7 @@ def _pre_rl_step(cfg) -> int:
 
 def base_run(workdir: pathlib.Path, steps: int, reuse: str | None) -> pathlib.Path:
     """A workdir whose newest checkpoint is the end of midtraining: `reuse` (a finished
-    colab_tiny_rl run, later checkpoints dropped from a copy) or a fresh pretrain + midtrain."""
+    colab_tiny run, later checkpoints dropped from a copy) or a fresh pretrain + midtrain."""
     base, cfg = workdir / "base", _config("lpo", steps)
     pre_rl = _pre_rl_step(cfg)
     if reuse and not (base / "checkpoints" / str(pre_rl)).is_dir():
@@ -58,13 +65,14 @@ def base_run(workdir: pathlib.Path, steps: int, reuse: str | None) -> pathlib.Pa
     return base
 
 
-def run_objective(base: pathlib.Path, workdir: pathlib.Path, objective: str, steps: int) -> dict:
+def run_objective(base: pathlib.Path, workdir: pathlib.Path, objective: str, steps: int,
+                  epochs: int) -> dict:
     """The rl phase with `objective` from a copy of the base run; summary figures."""
     out = workdir / objective
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(base, out)
     start = time.time()
-    run_experiment(_config(objective, steps), out)
+    run_experiment(_config(objective, steps, epochs), out)
     seconds = time.time() - start
     rows = [r for r in read_metrics(out) if r["phase"] == "rl"]
     before = next(r["heldout_correct"] for r in rows if r.get("heldout_rl_steps") == 0)
@@ -105,18 +113,20 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/rl_objectives")
-    parser.add_argument("--steps", type=int, default=36, help="RL steps per objective")
+    parser.add_argument("--steps", type=int, default=40, help="RL steps per objective")
+    parser.add_argument("--epochs", type=int, default=2, help="passes over each rollout batch")
     parser.add_argument("--objectives", default="lpo,grpo,gspo")
     parser.add_argument("--base", default=None,
-                        help="a colab_tiny_rl workdir to start from (its end-of-midtrain checkpoint)")
+                        help="a colab_tiny workdir to start from (its end-of-midtrain checkpoint)")
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir)
     base = base_run(workdir, args.steps, args.base)
     results = []
     for objective in args.objectives.split(","):
-        results.append(run_objective(base, workdir, objective, args.steps))
+        results.append(run_objective(base, workdir, objective, args.steps, args.epochs))
         print(table(results[-1:]).splitlines()[-1], flush=True)
-    print(f"\nRL phase of colab_tiny_rl, {args.steps} steps, same checkpoint/prompts/seeds; "
+    print(f"\nRL phase of colab_tiny, {args.steps} steps x {args.epochs} epochs, same "
+          "checkpoint/prompts/seeds; "
           f"held-out n={len(results[0]['before'])} greedy exact match\n")
     print(table(results))
 

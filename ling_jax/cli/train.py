@@ -26,6 +26,7 @@ class ProgressReporter:
 
     def __init__(self):
         self.bar, self.t0, self.first_loss, self.start_step = None, time.time(), None, 0
+        self.last_lm: dict | None = None  # last record of an LM phase (an rl phase may follow)
 
     def on_start(self, info: dict) -> None:
         from tqdm import tqdm
@@ -42,6 +43,8 @@ class ProgressReporter:
     def on_step(self, record: dict, info: dict) -> None:
         if self.first_loss is None:
             self.first_loss = record["loss"]
+        if "lm_loss" in record:
+            self.last_lm = record
         self.bar.set_description(f"{record['phase']}", refresh=False)
         self.bar.set_postfix_str(f"loss {record['loss']:.3f} lm {record.get('lm_loss', float('nan')):.3f} "
                                  f"{record['tokens_per_sec']:.0f} tok/s mfu {record['mfu']:.1%}",
@@ -93,10 +96,16 @@ def main(argv) -> None:
     m = result.final_metrics
     status = "preempted (checkpoint saved)" if result.preempted else "finished"
     print(f"\n{status} at step {result.global_step} in {time.time() - reporter.t0:.0f} s")
-    if m:
-        print(f"final loss {m['loss']:.4f} (lm {m.get('lm_loss', float('nan')):.4f}, "
-              f"mtp {m.get('mtp_loss', float('nan')):.4f}); "
+    lm = m if m and "lm_loss" in m else reporter.last_lm  # an rl phase's loss is no LM loss
+    if lm:
+        print(f"final loss {lm['loss']:.4f} (lm {lm['lm_loss']:.4f}, "
+              f"mtp {lm.get('mtp_loss', float('nan')):.4f}; {lm['phase']} step {lm['step']}); "
               f"first step loss {reporter.first_loss:.4f}" if reporter.first_loss else "")
+    if m and "heldout_delta" in m:
+        print(f"{m['phase']}: held-out exact match {m['heldout_before']:.3f} -> "
+              f"{m['heldout_after']:.3f} (n={int(m['heldout_n'])}), paired difference "
+              f"{m['heldout_delta']:+.3f} (95% CI {m['heldout_delta_low']:+.3f} to "
+              f"{m['heldout_delta_high']:+.3f})")
     print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
           f"(TensorBoard: {result.workdir / 'tensorboard'})")
     if result.final_model:

@@ -23,6 +23,13 @@ and the `rl` block (every field optional):
   eval_every, eval_problems, eval_difficulty   held-out greedy exact-match accuracy
   reset_optimizer  start the phase from fresh AdamW moments (the LR schedule then counts this
                    phase's updates from 0); False carries the previous phases' optimizer state
+                   (the schedule then starts at the phase's first global step, which equals the
+                   carried update count after LM phases or rl phases with K = 1)
+  optimizer        overrides of the experiment's AdamW fields for this phase (b1, b2, eps,
+                   weight_decay, max_grad_norm), also written into a carried optimizer state (its
+                   hyperparameters live there). E.g. {"b2": 0.999}: RL gradients are small and
+                   noisy, and with β2 = 0.95 the second moment forgets the pre-RL scale within
+                   ~50 updates, after which every noisy update moves every weight by ~lr
 """
 
 from __future__ import annotations
@@ -43,8 +50,9 @@ RL_DEFAULTS: dict[str, Any] = dict(
     reward_params={"math_answer": {"extractors": ("hashes",)}},
     pause_chars=DEFAULT_PAUSE_CHARS,
     stages=({"steps": 0, "difficulty": (1,), "max_response_tokens": 32, "length_alpha": 0.1},),
-    eval_every=10, eval_problems=64, eval_difficulty=None, reset_optimizer=True,
+    eval_every=10, eval_problems=64, eval_difficulty=None, reset_optimizer=True, optimizer={},
 )
+OPTIMIZER_OVERRIDES = ("b1", "b2", "eps", "weight_decay", "max_grad_norm")  # same state layout
 STAGE_FIELDS = ("steps", "difficulty", "max_response_tokens", "length_alpha")
 
 
@@ -132,6 +140,10 @@ def _check_numbers(rl: dict, where: str, batch_size: int) -> None:
         _fail(f"{where}.top_p", "top_p must be in (0, 1] and top_k >= 0")
     if rl["kl_beta"] < 0:
         _fail(f"{where}.kl_beta", f"{rl['kl_beta']} must be >= 0")
+    unknown = sorted(set(rl["optimizer"] or {}) - set(OPTIMIZER_OVERRIDES))
+    if unknown:
+        _fail(f"{where}.optimizer", f"unknown field(s) {unknown}; an rl phase may override "
+              f"{list(OPTIMIZER_OVERRIDES)} (the optimizer state layout must not change)")
 
 
 def _check_rewards(rl: dict, where: str) -> None:

@@ -67,3 +67,22 @@ def describe(correct: Sequence[bool]) -> str:
     k, n = int(np.sum(correct)), len(correct)
     lo, hi = wilson_interval(k, n)
     return f"{k / n:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={n})"
+
+
+def heldout_change(before: Sequence[bool], after: Sequence[bool]) -> dict[str, float]:
+    """Before/after accuracy on the same problems with the paired 95% CI of the change (metrics)."""
+    if len(before) != len(after):
+        raise ValueError(f"before and after must score the same problems, got {len(before)} "
+                         f"and {len(after)}")
+    diff, lo, hi = paired_difference(before, after)
+    return {"heldout_before": float(np.mean(before)), "heldout_after": float(np.mean(after)),
+            "heldout_delta": diff, "heldout_delta_low": lo, "heldout_delta_high": hi,
+            "heldout_n": float(len(before))}
+
+
+def describe_change(before: Sequence[bool], after: Sequence[bool]) -> str:
+    """One line: before and after with Wilson CIs, and the paired difference with its CI."""
+    change = heldout_change(before, after)
+    return (f"held-out exact match {describe(before)} -> {describe(after)}; paired difference "
+            f"{change['heldout_delta']:+.3f} (95% CI {change['heldout_delta_low']:+.3f} to "
+            f"{change['heldout_delta_high']:+.3f})")

@@ -35,7 +35,7 @@ from ling_jax.rl.config import (
     stage_at,
     validate_rl_phase,
 )
-from ling_jax.rl.evaluation import exact_match, greedy_correct, heldout_set
+from ling_jax.rl.evaluation import exact_match, greedy_correct, heldout_change, heldout_set
 from ling_jax.rl.plots import plot_rl
 from ling_jax.rl.rollout import (
     encode_prompts,
@@ -54,13 +54,32 @@ from ling_jax.train.schedules import make_schedule
 REFERENCE_DIR = "rl_reference_{name}"
 
 
-def _optimizer(ctx: PhaseContext, phase, updates_per_step: int, reset: bool):
+def optimizer_config(ctx: PhaseContext, rl: dict) -> dict:
+    """The experiment's AdamW fields with the phase's `rl.optimizer` overrides."""
+    return {**ctx.experiment.optimizer.to_dict(), **(rl["optimizer"] or {})}
+
+
+def _optimizer(ctx: PhaseContext, phase, rl: dict, updates_per_step: int, reset: bool):
     """AdamW whose schedule counts optimizer updates (K per RL step) from the phase start: from 0
     when the phase starts from a fresh optimizer state, else from the carried update count."""
     lr = dict(phase.lr)
     lr.setdefault("total_steps", phase_steps(phase) * updates_per_step)
     lr["start_step"] = 0 if reset else ctx.start_step
-    return make_optimizer(ctx.experiment.optimizer, make_schedule(lr))
+    return make_optimizer(optimizer_config(ctx, rl), make_schedule(lr))
+
+
+def with_hyperparams(opt_state, overrides: dict):
+    """A carried optax state whose injected hyperparameters (b1, b2, eps, weight_decay) take
+    `overrides`: inject_hyperparams reads them from the state, not from the new optimizer."""
+    def one(node):
+        if not hasattr(node, "hyperparams"):
+            return node
+        new = {k: jnp.asarray(overrides[k], jnp.result_type(v)) if k in overrides else v
+               for k, v in node.hyperparams.items()}
+        return node._replace(hyperparams=new)
+
+    is_inject = lambda x: hasattr(x, "hyperparams") and hasattr(x, "count")
+    return jax.tree.map(one, opt_state, is_leaf=is_inject)
 
 
 # Compiled functions are cached by what determines them (model config JSON and settings), so a
@@ -134,6 +153,7 @@ class RLPhase:
                              "the frozen reference policy across restarts")
         self.reference = None
         self.cursor = 0  # RL steps done in this phase
+        self.heldout_start: list[int] | None = None  # held-out results of the incoming policy
 
     def _make_update(self, ctx: PhaseContext, phase, model_json: str):
         rl = self.rl
@@ -144,8 +164,8 @@ class RLPhase:
                           float(rl["temperature"]), self.max_prompt,
                           float(phase.bias_update_rate), num_moe, float(rl["kl_beta"]))
         updates, reset = rl["epochs"] * rl["minibatches"], bool(rl["reset_optimizer"])
-        self.optimizer = _optimizer(ctx, phase, updates, reset)
-        key = json.dumps([ctx.experiment.optimizer.to_dict(), dict(phase.lr), updates, reset,
+        self.optimizer = _optimizer(ctx, phase, rl, updates, reset)
+        key = json.dumps([optimizer_config(ctx, rl), dict(phase.lr), updates, reset,
                           0 if reset else ctx.start_step, self.steps], sort_keys=True, default=str)
         return _update_fn(model_json, uc, _Optimizer(key, self.optimizer))
 
@@ -161,10 +181,13 @@ class RLPhase:
                 for i in range(first, first + self.prompts_per_step)]
 
     def data_state(self) -> dict:
-        return {"rl_step": self.cursor}
+        # The phase-start held-out results travel with the checkpoint: the closing before/after
+        # report of a resumed run needs them.
+        return {"rl_step": self.cursor, "heldout_start": self.heldout_start}
 
     def set_data_state(self, state: dict) -> None:
         self.cursor = int(state["rl_step"])
+        self.heldout_start = state.get("heldout_start")
 
     def close(self) -> None:
         pass
@@ -181,6 +204,14 @@ class RLPhase:
                               self.eval_set, max_prompt_tokens=self.max_prompt,
                               max_steps=self.slots, pad_id=self.pad_id)
 
+    def _phase_start_opt_state(self, state: dict):
+        """Fresh AdamW moments (reset_optimizer), else the carried state with this phase's
+        hyperparameter overrides written in."""
+        if self.rl["reset_optimizer"]:
+            return self.optimizer.init(state["params"])
+        overrides = {k: v for k, v in (self.rl["optimizer"] or {}).items() if k != "max_grad_norm"}
+        return with_hyperparams(state["opt_state"], overrides)
+
     def _eval_metrics(self, state: dict, suffix: str = "") -> dict:
         correct = self.evaluate(state)
         return {f"heldout_accuracy{suffix}": float(correct.mean()),
@@ -190,10 +221,12 @@ class RLPhase:
         k, rl = self.cursor, self.rl
         key = jax.random.fold_in(self.base_key, int(state["step"]))
         metrics: dict = {}
-        if k == 0 and rl["reset_optimizer"]:  # fresh AdamW moments: no pre-training momentum
-            state = {**state, "opt_state": self.optimizer.init(state["params"])}
+        if k == 0:
+            state = {**state, "opt_state": self._phase_start_opt_state(state)}
         if k % rl["eval_every"] == 0:
             metrics.update(self._eval_metrics(state), heldout_rl_steps=k)
+            if k == 0:
+                self.heldout_start = metrics["heldout_correct"]
         t0 = time.perf_counter()
         batch, extra = self._experience(state, k, jax.random.fold_in(key, 0))
         t1 = time.perf_counter()
@@ -206,6 +239,8 @@ class RLPhase:
         metrics.update({f"load_{n}": v for n, v in load_metrics(updates["expert_counts"]).items()})
         if self.cursor == self.steps:
             metrics.update(self._eval_metrics(state, "_end"))
+            if self.heldout_start is not None:  # the paired before/after report of the phase
+                metrics.update(heldout_change(self.heldout_start, metrics["heldout_correct_end"]))
         return state, metrics
 
     def _experience(self, state: dict, k: int, key: jax.Array) -> tuple[dict, dict]:

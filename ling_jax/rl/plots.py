@@ -27,6 +27,15 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def summary_line(rows: list[dict]) -> str:
+    """The phase's held-out before/after line ('' until the phase has finished)."""
+    from ling_jax.rl.evaluation import describe_change
+
+    before = next((r["heldout_correct"] for r in rows if r.get("heldout_rl_steps") == 0), None)
+    after = next((r["heldout_correct_end"] for r in rows if "heldout_correct_end" in r), None)
+    return describe_change(before, after) if before and after else ""
+
+
 def plot_rl(records: list[dict], phase: str, out_path: str | pathlib.Path) -> pathlib.Path:
     """Curves of one rl phase over its steps (x: RL steps done) from metrics.jsonl records."""
     import matplotlib
@@ -35,17 +44,23 @@ def plot_rl(records: list[dict], phase: str, out_path: str | pathlib.Path) -> pa
     import matplotlib.pyplot as plt
 
     rows = [r for r in records if r.get("phase") == phase]
+    # Evo-CoT stage boundaries: the last step of each stage (x counts RL steps done).
+    stage_ends = [a["phase_step"] for a, b in zip(rows, rows[1:], strict=False)
+                  if "stage" in a and a.get("stage") != b.get("stage")]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     for ax, (title, keys) in zip(axes.ravel(), _PANELS, strict=True):
+        for x in stage_ends:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
         for key in keys:
             x, y = _series(rows, key)
             if x:
                 style = "o-" if key == "heldout_accuracy" else "-"
                 ax.plot(x, np.asarray(y, np.float64), style, label=key)
         ax.set(title=title, xlabel="RL step")
-        if ax.lines:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"RL phase {phase!r}")
+    line = summary_line(rows)
+    fig.suptitle(f"RL phase {phase!r}" + (f"\n{line}" if line else ""))
     fig.tight_layout()
     out_path = pathlib.Path(out_path)
     fig.savefig(out_path, dpi=90)

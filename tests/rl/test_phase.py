@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ling_jax.rl.phase import RLPhase
+from ling_jax.rl.phase import RLPhase, with_hyperparams
 from ling_jax.train.experiment import ExperimentError, validate_experiment
 from ling_jax.train.loop import init_state, run_experiment
 from ling_jax.train.metrics_log import read_metrics
+from ling_jax.train.optimizer import make_optimizer
 from ling_jax.train.phases import PhaseContext
+from ling_jax.train.schedules import make_schedule
 from ling_jax.train.tokenizer_setup import build_tokenizer
 from tests.rl.rl_fixtures import rl_experiment
 
@@ -124,6 +126,7 @@ def test_validation_names_the_field():
           dict(steps=0, difficulty=2, max_response_tokens=4)], r"stages\[0\].steps"),
         (("phases", "rl", "data", "sources", "more"), {"kind": "builtin_arithmetic"},
          "phases.rl.data.sources"),
+        (("phases", "rl", "rl", "optimizer"), {"mu_dtype": "float32"}, "phases.rl.rl.optimizer"),
     ]
     for path, value, message in cases:
         cfg = rl_experiment()
@@ -140,3 +143,61 @@ def test_kl_without_workdir_is_refused(tmp_path):
     ctx.workdir = None
     with pytest.raises(ValueError, match="kl_beta > 0 needs PhaseContext.workdir"):
         RLPhase(ctx, "rl", cfg.phases.rl)
+
+
+def test_with_hyperparams_makes_a_carried_state_step_with_the_new_betas():
+    """A state built with b2=0.95 and one update behind it, given b2=0.999 and eps=1e-6: the next
+    update equals AdamW written out in float64 NumPy with the carried moments and the new values."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)}
+    grads = [{"w": jnp.asarray(0.01 * rng.normal(size=(3, 4)), jnp.float32)} for _ in range(2)]
+    lr, wd = 1e-2, 0.1
+    cfg = {"b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": wd, "max_grad_norm": None}
+    schedule = make_schedule({"kind": "constant", "peak_lr": lr})
+    old = make_optimizer(cfg, schedule)
+    state = old.init(params)
+    _, state = old.update(grads[0], state, params)
+    carried = with_hyperparams(state, {"b2": 0.999, "eps": 1e-6})
+    new = make_optimizer({**cfg, "b2": 0.999, "eps": 1e-6}, schedule)
+    got, _ = new.update(grads[1], carried, params)
+
+    g0, g1 = (np.asarray(g["w"], np.float64) for g in grads)
+    w = np.asarray(params["w"], np.float64)
+    mu = 0.1 * g0
+    nu = 0.05 * g0**2  # the first update used b2 = 0.95
+    mu, nu = 0.9 * mu + 0.1 * g1, 0.999 * nu + 0.001 * g1**2
+    mu_hat, nu_hat = mu / (1 - 0.9**2), nu / (1 - 0.999**2)
+    want = -lr * (mu_hat / (np.sqrt(nu_hat) + 1e-6) + wd * w)
+    # optax computes 1 - b2**t in float32: at b2 = 0.999, t = 2 that alone is ~3e-5 relative.
+    np.testing.assert_allclose(np.asarray(got["w"], np.float64), want, rtol=1e-4, atol=1e-8)
+    # Without the override the carried state would still step with b2 = 0.95.
+    stale, _ = new.update(grads[1], state, params)
+    assert not np.allclose(np.asarray(stale["w"]), np.asarray(got["w"]), rtol=1e-3)
+
+
+def test_phase_start_optimizer_state_and_data_state(tmp_path):
+    """reset_optimizer=False keeps the moments and writes rl.optimizer into the state; the
+    held-out results of the phase start travel in the data state."""
+    cfg = rl_experiment()
+    cfg.phases.rl.rl.reset_optimizer = False
+    cfg.phases.rl.rl.optimizer = {"b2": 0.999}
+    runner = _runner(cfg, "rl", tmp_path)
+    optimizer = make_optimizer(cfg.optimizer, make_schedule({"kind": "constant", "peak_lr": 1e-3}))
+    params = {"w": jnp.ones((3, 4))}  # the state layout is what matters, not the model
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    grads = {"w": jax.random.normal(jax.random.key(0), (3, 4))}
+    state["opt_state"] = optimizer.update(grads, state["opt_state"], params)[1]
+    opt_state = runner._phase_start_opt_state(state)
+    inject = opt_state[1]
+    assert float(inject.hyperparams["b2"]) == pytest.approx(0.999)
+    assert float(inject.hyperparams["b1"]) == pytest.approx(0.9)
+    assert int(inject.count) == 1  # the carried update count, moments below are non-zero
+    for a, b in zip(jax.tree.leaves(inject.inner_state), jax.tree.leaves(state["opt_state"][1].inner_state),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    runner.cursor, runner.heldout_start = 3, [1, 0, 1]
+    other = _runner(cfg, "rl", tmp_path)
+    other.set_data_state(runner.data_state())
+    assert (other.cursor, other.heldout_start) == (3, [1, 0, 1])
+    other.set_data_state({"rl_step": 2})  # checkpoints written before the field existed
+    assert (other.cursor, other.heldout_start) == (2, None)
