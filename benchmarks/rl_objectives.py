@@ -4,8 +4,9 @@ Runs pretrain → midtrain once (or reuses a finished default run's end-of-midtr
 the rl phase from that same checkpoint with each objective (its default clip ε), the same prompts,
 sampling seeds and step count, and prints a table: held-out greedy exact match before and after
 (95% Wilson CIs, paired difference CI), mean rollout reward/accuracy over the first and last
-quarter of the steps, clip fraction, KL to π_old, entropy and wall time. Prints figures, never
-pass/fail.
+quarter of the steps, clip fraction, KL to π_old (k3; mean and median over steps: a few steps
+with very large values dominate the mean), entropy and wall time.
+Prints figures, never pass/fail.
 
 With one optimizer update per rollout batch (the default experiment: epochs = minibatches = 1)
 every ratio is exactly 1, so LPO and GRPO take the same gradient and only GSPO's per-sequence
@@ -85,6 +86,7 @@ def run_objective(base: pathlib.Path, workdir: pathlib.Path, objective: str, ste
             "acc_first": mean("accuracy", rows[:quarter]),
             "acc_last": mean("accuracy", rows[-quarter:]),
             "clip": mean("clip_fraction", rows), "kl": mean("kl_old", rows),
+            "kl_median": float(np.median([r["kl_old"] for r in rows])),
             "entropy": mean("entropy", rows)}
 
 
@@ -96,7 +98,8 @@ def _fmt(correct) -> str:
 
 def table(results: list[dict]) -> str:
     head = (f"{'objective':9} {'held-out before':>18} {'held-out after':>18} {'Δ paired [95% CI]':>24}"
-            f" {'reward 1st→last ¼':>18} {'rollout acc':>13} {'clip':>6} {'KL':>7} {'H':>6}"
+            f" {'reward 1st→last ¼':>18} {'rollout acc':>13} {'clip':>6} {'KL mean':>8} {'median':>7}"
+            f" {'H':>6}"
             f" {'time s':>7}")
     lines = [head, "-" * len(head)]
     for r in results:
@@ -105,8 +108,8 @@ def table(results: list[dict]) -> str:
         reward = f"{r['reward_first']:.3f}→{r['reward_last']:.3f}"
         acc = f"{r['acc_first']:.2f}→{r['acc_last']:.2f}"
         lines.append(f"{r['objective']:9} {_fmt(r['before']):>18} {_fmt(r['after']):>18} "
-                     f"{delta:>24} {reward:>18} {acc:>13} {r['clip']:6.3f} {r['kl']:7.4f} "
-                     f"{r['entropy']:6.3f} {r['seconds']:7.0f}")
+                     f"{delta:>24} {reward:>18} {acc:>13} {r['clip']:6.3f} {r['kl']:8.3g} "
+                     f"{r['kl_median']:7.4f} {r['entropy']:6.3f} {r['seconds']:7.0f}")
     return "\n".join(lines)
 
 

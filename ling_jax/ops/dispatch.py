@@ -45,6 +45,7 @@ class BlockPlan(NamedTuple):
     block_expert: jax.Array  # [NB] expert that owns each block of `block_size` slots
     block_size: int
     slot_row: jax.Array  # [P] flat (token, slot) row of each padded slot (R = padding)
+    used_blocks: jax.Array  # [] int32 blocks holding rows (the rest, at the end, are empty)
 
 
 def choose_block_size(num_rows: int, num_experts: int, requested: int = 0) -> int:
@@ -81,6 +82,6 @@ def block_plan(expert_idx_TK: jax.Array, num_experts: int, block_size: int) -> B
     owner = jnp.searchsorted(padded_ends, block_start, side="right")
     return BlockPlan(
         slot_token, row_slot, jnp.minimum(owner, num_experts - 1).astype(jnp.int32), block_size,
-        slot_row,
+        slot_row, (padded_ends[-1] // block_size).astype(jnp.int32),
     )
 

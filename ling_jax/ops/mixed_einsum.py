@@ -39,8 +39,7 @@ def mixed_einsum(equation: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     """
     dtype = jnp.dtype(dtype)
     parts = _split(equation)
-    import os
-    if dtype == jnp.float32 or parts is None or os.environ.get('NOMIX'):
+    if dtype == jnp.float32 or parts is None:
         return jnp.einsum(
             equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32
         )
