@@ -347,25 +347,33 @@ def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=N
     final_model = None
     if (not stopped and cfg.checkpoint.get("export_final_model", True) and run.primary
             and jax.process_count() == 1):  # multi-host: convert a checkpoint afterwards
-        final_model = export_final_model(workdir / "final_model", state, cfg.model)
+        final_model = export_final_model(workdir / "final_model", state, cfg.model, run.tokenizer)
     return RunResult(workdir, pos.global_step, stopped, run.last, run.plots,
                      workdir / "checkpoints", state, run.tokenizer, final_model, run.plan)
 
 
-def export_final_model(path: str | os.PathLike, state: dict, model_cfg) -> epath.Path:
-    """The trained model as a model checkpoint (`ling-jax export-hf --checkpoint PATH` reads it);
-    a gs:// path is written locally first, then copied."""
+def export_final_model(path: str | os.PathLike, state: dict, model_cfg,
+                       tokenizer: Any = None) -> epath.Path:
+    """The trained model as a model checkpoint (`ling-jax export-hf --checkpoint PATH` and
+    `ling-jax generate --checkpoint PATH` read it) with the run's tokenizer.json beside it when the
+    tokenizer can be saved; a gs:// path is written locally first, then copied."""
     from ling_jax.interop.model_checkpoint import atomic_output_dir, write_model_dir
     from ling_jax.train.merge_run import model_state
 
     tree = model_state(state["params"], state["biases"])
+
+    def write(tmp: pathlib.Path) -> None:
+        write_model_dir(tmp, tree, model_cfg)
+        if hasattr(tokenizer, "save"):
+            tokenizer.save(tmp / "tokenizer.json")
+
     if is_local(path):
         with atomic_output_dir(path, overwrite=True) as tmp:
-            write_model_dir(tmp, tree, model_cfg)
+            write(pathlib.Path(tmp))
         return epath.Path(path)
     target = epath.Path(path)
     with tempfile.TemporaryDirectory() as tmp:
-        write_model_dir(pathlib.Path(tmp), tree, model_cfg)
+        write(pathlib.Path(tmp))
         if target.exists():
             target.rmtree()
         for file in pathlib.Path(tmp).rglob("*"):

@@ -83,3 +83,11 @@ def test_shortened_default_runs_end_to_end_from_the_cli(tmp_path):
 
     last = [r for r in read_metrics(workdir) if r["phase"] == "rl"][-1]
     assert last["heldout_n"] == 16 and last["heldout_delta_low"] <= last["heldout_delta"]
+    # The final model carries its tokenizer, so `ling-jax generate --checkpoint` works on it.
+    assert (workdir / "final_model" / "tokenizer.json").is_file()
+    gen = subprocess.run([sys.executable, "-m", "ling_jax.cli.main", "generate", "--checkpoint",
+                          str(workdir / "final_model"), "--prompt", "Question: 2 + 3?\nAnswer:\n",
+                          "--max_new_tokens", "4"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert gen.stdout.startswith("Question: 2 + 3?\nAnswer:\n")
