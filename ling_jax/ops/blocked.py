@@ -104,7 +104,7 @@ def _first_blocks(num_rows: int, b: int) -> int:
 def _forward(dtype, b, x_TD, weights, weights_TK, maps: _Maps):
     slot_token, row_slot, owner, _, used = maps
     xs = _to_slots(x_TD, slot_token, dtype).reshape(-1, b, x_TD.shape[1])
-    fn = _swiglu_blocks(*(w.astype(dtype) for w in weights))
+    fn = _swiglu_blocks(*(jnp.asarray(w, dtype) for w in weights))  # NumPy weights too
     gate, up, y = _over_blocks(fn, used, _first_blocks(row_slot.shape[0], b), (xs, owner), (0, 0))
     out, _ = _combine(y.reshape(-1, x_TD.shape[1]), row_slot, weights_TK)
     return out, (xs, gate, up, y)
@@ -153,8 +153,8 @@ def _routed_bwd(dtype, b, x_dtype, residuals, dy_TD):
     d_weights = jnp.einsum("tkd,td->tk", rows, dy_TD).astype(weights_TK.dtype)
     d_rows = (dy_TD[:, None, :] * weights_TK.astype(jnp.float32)[..., None]).reshape(-1, hidden)
     dy = _to_slots(d_rows, slot_row, dtype).reshape(-1, b, hidden)
-    fn = _swiglu_block_grads(wg.astype(dtype), wu.astype(dtype),
-                             jnp.swapaxes(wd.astype(dtype), 1, 2))
+    fn = _swiglu_block_grads(jnp.asarray(wg, dtype), jnp.asarray(wu, dtype),
+                             jnp.swapaxes(jnp.asarray(wd, dtype), 1, 2))
     arrays = (xs, gate, up, dy, owner, _to_slots_t(x_TD, slot_token, dtype, b),
               _to_slots_t(d_rows, slot_row, dtype, b))
     dxs, dwg, dwu, dwd_t = _over_blocks(fn, used, _first_blocks(row_slot.shape[0], b), arrays,
