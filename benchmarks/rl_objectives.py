@@ -31,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiment
 
 import colab_tiny  # noqa: E402
 
-from ling_jax.rl.evaluation import paired_difference, wilson_interval  # noqa: E402
+from ling_jax.rl.evaluation import paired_difference, phase_heldout, wilson_interval  # noqa: E402
 from ling_jax.train.experiment import with_phase_defaults  # noqa: E402
 from ling_jax.train.loop import run_experiment  # noqa: E402
 from ling_jax.train.metrics_log import read_metrics  # noqa: E402
@@ -76,8 +76,7 @@ def run_objective(base: pathlib.Path, workdir: pathlib.Path, objective: str, ste
     run_experiment(_config(objective, steps, epochs), out)
     seconds = time.time() - start
     rows = [r for r in read_metrics(out) if r["phase"] == "rl"]
-    before = next(r["heldout_correct"] for r in rows if r.get("heldout_rl_steps") == 0)
-    after = rows[-1]["heldout_correct_end"]
+    before, after = phase_heldout(rows)
     quarter = max(len(rows) // 4, 1)
     mean = lambda key, part: float(np.mean([r[key] for r in part]))
     return {"objective": objective, "before": before, "after": after, "seconds": seconds,

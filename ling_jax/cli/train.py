@@ -102,10 +102,10 @@ def main(argv) -> None:
               f"mtp {lm.get('mtp_loss', float('nan')):.4f}; {lm['phase']} step {lm['step']}); "
               f"first step loss {reporter.first_loss:.4f}" if reporter.first_loss else "")
     if m and "heldout_delta" in m:
+        from ling_jax.rl.evaluation import difference_text
+
         print(f"{m['phase']}: held-out exact match {m['heldout_before']:.3f} -> "
-              f"{m['heldout_after']:.3f} (n={int(m['heldout_n'])}), paired difference "
-              f"{m['heldout_delta']:+.3f} (95% CI {m['heldout_delta_low']:+.3f} to "
-              f"{m['heldout_delta_high']:+.3f})")
+              f"{m['heldout_after']:.3f} (n={int(m['heldout_n'])}), {difference_text(m)}")
     print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
           f"(TensorBoard: {result.workdir / 'tensorboard'})")
     if result.final_model:

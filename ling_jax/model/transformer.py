@@ -85,6 +85,15 @@ class LingForCausalLM(nnx.Module):
             counts.append(c)
             router_logits.append(r)
             dropped.append(d)
+        return self._heads(x, input_ids, embed, cos, sin, mask, token_mask,
+                           (counts, router_logits, dropped))
+
+    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux) -> ModelOutput:
+        """Final norm, MTP layers and logits after the MoE stack; aux holds the stack's lists of
+        (expert counts, router logits, dropped EP rows), to which the MTP layers' are appended.
+        Shared with parallel.pipeline.PipelinedLing."""
+        counts, router_logits, dropped = aux
+        batch, length = input_ids.shape
         h = self.final_norm(x)
         mtp_logits, ids = [], input_ids
         for layer in self.mtp_layers:
@@ -97,13 +106,13 @@ class LingForCausalLM(nnx.Module):
             router_logits.append(r[None])
             dropped.append(d[None])
         logits = self.logits(self.final_norm(x))
-        n_exp = cfg.num_experts
+        n_exp = self.cfg.num_experts
         return ModelOutput(
             logits=logits,
             mtp_logits=(
                 jnp.stack(mtp_logits)
                 if mtp_logits
-                else jnp.zeros((0, batch, length, cfg.vocab_size), jnp.float32)
+                else jnp.zeros((0, batch, length, self.cfg.vocab_size), jnp.float32)
             ),
             expert_counts=(jnp.concatenate(counts) if counts else jnp.zeros((0, n_exp), jnp.int32)),
             router_logits=(

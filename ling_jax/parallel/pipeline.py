@@ -24,7 +24,6 @@ from jax.sharding import PartitionSpec as P
 
 from ling_jax.model.attention import attention_mask
 from ling_jax.model.moe import ExpertBias
-from ling_jax.model.mtp import shift_left
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.stack import apply_stack
 from ling_jax.model.transformer import LingForCausalLM, ModelOutput
@@ -160,26 +159,6 @@ class PipelinedLing(LingForCausalLM):
             dropped.append(d)
         return self._heads(x, input_ids, embed, cos, sin, mask, token_mask,
                            (counts, router_logits, dropped))
-
-    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux):
-        """Final norm, MTP layers and logits, as LingForCausalLM does after the MoE stack."""
-        counts, router_logits, dropped = aux
-        h = self.final_norm(x)
-        mtp_logits, ids = [], input_ids
-        for layer in self.mtp_layers:
-            ids = shift_left(ids)
-            h, (c, r, d) = layer(h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin,
-                                 mask, token_mask)
-            mtp_logits.append(self.logits(h))
-            counts.append(c[None])
-            router_logits.append(r[None])
-            dropped.append(d[None])
-        return ModelOutput(logits=self.logits(self.final_norm(x)),
-                           mtp_logits=jnp.stack(mtp_logits) if mtp_logits else
-                           jnp.zeros((0, *input_ids.shape, self.cfg.vocab_size), jnp.float32),
-                           expert_counts=jnp.concatenate(counts),
-                           router_logits=jnp.concatenate(router_logits),
-                           ep_dropped=jnp.concatenate(dropped))
 
 
 def pipelined_graphdef(graphdef, abstract_params, abstract_biases, settings: PipelineSettings):

@@ -80,9 +80,21 @@ def heldout_change(before: Sequence[bool], after: Sequence[bool]) -> dict[str, f
             "heldout_n": float(len(before))}
 
 
+def difference_text(change: dict[str, float]) -> str:
+    """'paired difference +0.057 (95% CI +0.036 to +0.077)' from `heldout_change` fields."""
+    return (f"paired difference {change['heldout_delta']:+.3f} (95% CI "
+            f"{change['heldout_delta_low']:+.3f} to {change['heldout_delta_high']:+.3f})")
+
+
 def describe_change(before: Sequence[bool], after: Sequence[bool]) -> str:
     """One line: before and after with Wilson CIs, and the paired difference with its CI."""
-    change = heldout_change(before, after)
-    return (f"held-out exact match {describe(before)} -> {describe(after)}; paired difference "
-            f"{change['heldout_delta']:+.3f} (95% CI {change['heldout_delta_low']:+.3f} to "
-            f"{change['heldout_delta_high']:+.3f})")
+    return (f"held-out exact match {describe(before)} -> {describe(after)}; "
+            f"{difference_text(heldout_change(before, after))}")
+
+
+def phase_heldout(rows: list[dict]) -> tuple[list, list] | None:
+    """(correct at the phase start, correct at its end) from one rl phase's metrics records, or
+    None until the phase has finished."""
+    before = next((r["heldout_correct"] for r in rows if r.get("heldout_rl_steps") == 0), None)
+    after = next((r["heldout_correct_end"] for r in rows if "heldout_correct_end" in r), None)
+    return (before, after) if before and after else None

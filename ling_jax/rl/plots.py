@@ -29,11 +29,10 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
 
 def summary_line(rows: list[dict]) -> str:
     """The phase's held-out before/after line ('' until the phase has finished)."""
-    from ling_jax.rl.evaluation import describe_change
+    from ling_jax.rl.evaluation import describe_change, phase_heldout
 
-    before = next((r["heldout_correct"] for r in rows if r.get("heldout_rl_steps") == 0), None)
-    after = next((r["heldout_correct_end"] for r in rows if "heldout_correct_end" in r), None)
-    return describe_change(before, after) if before and after else ""
+    pair = phase_heldout(rows)
+    return describe_change(*pair) if pair else ""
 
 
 def plot_rl(records: list[dict], phase: str, out_path: str | pathlib.Path) -> pathlib.Path:

@@ -34,7 +34,7 @@ from ling_jax.train import flops
 from ling_jax.train.checkpoint import CheckpointStore
 from ling_jax.train.experiment import phase_names, phase_steps, validate_experiment
 from ling_jax.train.fp8_monitor import make_fp8_monitor, monitor_due
-from ling_jax.train.metrics_log import MetricsLog, is_local, to_jsonable
+from ling_jax.train.metrics_log import MetricsLog, is_local, to_jsonable, upload_tree
 from ling_jax.train.phases import PhaseContext, make_phase_optimizer, phase_kinds
 from ling_jax.train.plots import plot_phase
 from ling_jax.train.tokenizer_setup import build_tokenizer
@@ -376,9 +376,5 @@ def export_final_model(path: str | os.PathLike, state: dict, model_cfg,
         write(pathlib.Path(tmp))
         if target.exists():
             target.rmtree()
-        for file in pathlib.Path(tmp).rglob("*"):
-            if file.is_file():
-                dest = target / file.relative_to(tmp).as_posix()
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(file.read_bytes())
+        upload_tree(pathlib.Path(tmp), target)
     return target

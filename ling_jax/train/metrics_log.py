@@ -29,6 +29,24 @@ def is_local(path: str | os.PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
+def upload_tree(local_dir: pathlib.Path, target: str | os.PathLike,
+                synced: dict[str, tuple[int, int]] | None = None) -> None:
+    """Copy the files under `local_dir` to `target` (any etils.epath, e.g. gs://). With `synced`
+    (relative path → (size, mtime_ns) when last copied), unchanged files are skipped and the
+    copies are recorded there."""
+    target = epath.Path(target)
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(local_dir).as_posix()
+        stat = path.stat()
+        if synced is not None and synced.get(rel) == (stat.st_size, stat.st_mtime_ns):
+            continue
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(path.read_bytes())
+        if synced is not None:
+            synced[rel] = (stat.st_size, stat.st_mtime_ns)
+
+
 def to_jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in metrics.items():
@@ -94,17 +112,8 @@ class MetricsLog:
             self._file.flush()
         if self._tb is not None:
             self._tb.flush()
-        if not self._staged:
-            return
-        for path in sorted(p for p in self.local_dir.rglob("*") if p.is_file()):
-            rel = path.relative_to(self.local_dir).as_posix()
-            stat = path.stat()
-            if self._synced.get(rel) == (stat.st_size, stat.st_mtime_ns):
-                continue
-            target = self.workdir / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
-            self._synced[rel] = (stat.st_size, stat.st_mtime_ns)
+        if self._staged:
+            upload_tree(self.local_dir, self.workdir, self._synced)
 
     def close(self) -> None:
         self._file.close()
