@@ -19,6 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from ling_jax.cli import host_allocator  # noqa: E402
 from ling_jax.config import get_preset  # noqa: E402
 from ling_jax.model.mlp import SwiGLU  # noqa: E402
 from ling_jax.model.moe import MoE  # noqa: E402
@@ -96,4 +97,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    host_allocator.restart_with_tuned_allocator()  # see its docstring: ~12% on bench-mini
     app.run(main)

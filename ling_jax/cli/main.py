@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ling_jax.cli import host_allocator
+
 # Subcommand → module in ling_jax.cli; each module defines absl flags and `main(argv)`.
 SUBCOMMANDS = {
     "train": "train",
@@ -26,6 +28,7 @@ def _usage() -> str:
 
 def run() -> None:
     """Console-script entry point."""
+    host_allocator.restart_with_tuned_allocator()
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(_usage())
         sys.exit(0 if len(sys.argv) >= 2 else 2)
