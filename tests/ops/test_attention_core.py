@@ -55,3 +55,25 @@ def test_gradients_match_autodiff(dtype, tol):
     want = jax.grad(lambda *a: loss(_reference, *a), argnums=(0, 1, 2))(*args)
     for g, w in zip(got, want, strict=True):
         assert float(jnp.linalg.norm(g - w) / jnp.linalg.norm(w)) < tol
+
+
+def test_fewer_queries_than_keys_forward_and_gradients():
+    """Decode-style shapes (3 new queries over 9 cached keys): the transposed-score path of the
+    backward must use the transposed [S, T] mask, not a square one."""
+    q, k, v, _, _ = _problem(seed=2)
+    q, probe = q[:, -3:], np.random.default_rng(3).normal(size=q[:, -3:].shape).astype(np.float32)
+    seg = np.ones((2, 9), np.int32)
+    seg[0, :5] = 7  # row 0: the queries' document starts at key 5
+    same = seg[:, None, -3:, None] == seg[:, None, None, :]
+    mask = jnp.asarray(same & (np.arange(9)[None, None, None, :] <= np.arange(6, 9)[:, None]))
+    args = tuple(jnp.asarray(a) for a in (q, k, v))
+    got = dot_product_attention(*args, mask)
+    np.testing.assert_allclose(got, _reference(*args, mask), rtol=1e-5, atol=1e-5)
+
+    def loss(fn, *a):
+        return jnp.sum(fn(*a, mask) * probe)
+
+    grads = jax.grad(lambda *a: loss(dot_product_attention, *a), argnums=(0, 1, 2))(*args)
+    want = jax.grad(lambda *a: loss(_reference, *a), argnums=(0, 1, 2))(*args)
+    for g, w in zip(grads, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
