@@ -116,7 +116,7 @@ def _forward(dtype, b, x_TD, weights, weights_TK, maps: _Maps):
     runs = _block_runs(xs.shape[0], _first_blocks(row_slot.shape[0], b))
     gate, up, y = _concat(_over_blocks(fn, used, runs, (xs, owner), (0, 0)))
     out, _ = _combine(y.reshape(-1, x_TD.shape[1]), row_slot, weights_TK)
-    return out, (xs, gate, up, y)
+    return out, (gate, up, y)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -125,14 +125,15 @@ def _routed(dtype, b, x_dtype, x_TD, wg, wu, wd, weights_TK, maps):
 
 
 def _routed_fwd(dtype, b, x_dtype, x_TD, wg, wu, wd, weights_TK, maps):
-    out, (xs, gate, up, y) = _forward(dtype, b, x_TD, (wg, wu, wd), weights_TK, maps)
-    return out, (x_TD, xs, gate, up, y, wg, wu, wd, weights_TK, maps)
+    out, (gate, up, y) = _forward(dtype, b, x_TD, (wg, wu, wd), weights_TK, maps)
+    # The slotted inputs are not kept: dW needs them transposed, re-gathered from x_TD.
+    return out, (x_TD, gate, up, y, wg, wu, wd, weights_TK, maps)
 
 
 def _swiglu_block_grads(wg, wu, wd_t):
     """Per-block (dX, dW_gate, dW_up, dW_downᵀ) of a run of blocks; wd_t is [E, D, F]."""
-    def fn(xs_NBD, gate, up, dy_NBD, owner_N, xs_DNB, dy_DNB):
-        dtype = xs_NBD.dtype
+    def fn(gate, up, dy_NBD, owner_N, xs_DNB, dy_DNB):
+        dtype = gate.dtype
         g32, u32 = gate.astype(jnp.float32), up.astype(jnp.float32)
         sig = jax.nn.sigmoid(g32)
         act = g32 * sig
@@ -158,10 +159,10 @@ def _expert_sum(pieces: list, runs: list, owner: jax.Array, num_experts: int) ->
 
 
 def _routed_bwd(dtype, b, x_dtype, residuals, dy_TD):
-    x_TD, xs, gate, up, y, wg, wu, wd, weights_TK, maps = residuals
+    x_TD, gate, up, y, wg, wu, wd, weights_TK, maps = residuals
     slot_token, row_slot, owner, slot_row, used = maps
     num_tokens, top_k = weights_TK.shape
-    hidden, num_experts = xs.shape[-1], wg.shape[0]
+    hidden, num_experts = x_TD.shape[-1], wg.shape[0]
     dy_TD = dy_TD.astype(jnp.float32)
     _, rows = _combine(y.reshape(-1, hidden), row_slot, weights_TK)
     d_weights = jnp.einsum("tkd,td->tk", rows, dy_TD).astype(weights_TK.dtype)
@@ -169,10 +170,10 @@ def _routed_bwd(dtype, b, x_dtype, residuals, dy_TD):
     dy = _to_slots(d_rows, slot_row, dtype).reshape(-1, b, hidden)
     fn = _swiglu_block_grads(jnp.asarray(wg, dtype), jnp.asarray(wu, dtype),
                              jnp.swapaxes(jnp.asarray(wd, dtype), 1, 2))
-    arrays = (xs, gate, up, dy, owner, _to_slots_t(x_TD, slot_token, dtype, b),
+    arrays = (gate, up, dy, owner, _to_slots_t(x_TD, slot_token, dtype, b),
               _to_slots_t(d_rows, slot_row, dtype, b))
-    runs = _block_runs(xs.shape[0], _first_blocks(row_slot.shape[0], b))
-    pieces = _over_blocks(fn, used, runs, arrays, (0, 0, 0, 0, 0, 1, 1))
+    runs = _block_runs(gate.shape[0], _first_blocks(row_slot.shape[0], b))
+    pieces = _over_blocks(fn, used, runs, arrays, (0, 0, 0, 0, 1, 1))
     dxs = _concat([p[0] for p in pieces])
     dwg, dwu, dwd_t = (_expert_sum([p[i] for p in pieces], runs, owner, num_experts)
                        for i in (1, 2, 3))
