@@ -28,7 +28,6 @@ def _usage() -> str:
 
 def run() -> None:
     """Console-script entry point."""
-    host_allocator.restart_with_tuned_allocator()
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(_usage())
         sys.exit(0 if len(sys.argv) >= 2 else 2)
@@ -36,6 +35,7 @@ def run() -> None:
     if name not in SUBCOMMANDS:
         print(f"ling-jax: unknown subcommand {name!r}. {_usage()}", file=sys.stderr)
         sys.exit(2)
+    host_allocator.restart_with_tuned_allocator()  # before the subcommand imports JAX
     module = importlib.import_module(f"ling_jax.cli.{SUBCOMMANDS[name]}")
     from absl import app
 

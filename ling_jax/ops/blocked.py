@@ -59,8 +59,10 @@ def _to_slots_t(x_TD: jax.Array, index: jax.Array, dtype, block: int) -> jax.Arr
     return jnp.take(src, index, axis=1).reshape(x_TD.shape[1], -1, block)
 
 
-def _block_runs(num_blocks: int, first: int) -> list[tuple[int, int]]:
-    """(start, stop) of the always-used head [0, first) and of each tail chunk after it."""
+def _block_runs(num_blocks: int, num_rows: int, b: int) -> list[tuple[int, int]]:
+    """(start, stop) of the head that always holds rows (Σ_e ceil(g_e / b) >= ceil(R / b)
+    blocks) and of each tail chunk after it."""
+    first = -(-num_rows // b)
     tail = [(s, min(s + TAIL_CHUNK, num_blocks)) for s in range(first, num_blocks, TAIL_CHUNK)]
     return [(0, first), *tail]
 
@@ -104,16 +106,11 @@ def _combine(y_SD, row_slot, weights_TK) -> tuple[jax.Array, jax.Array]:
     return jnp.einsum("tkd,tk->td", rows, weights_TK.astype(jnp.float32)), rows
 
 
-def _first_blocks(num_rows: int, b: int) -> int:
-    """Blocks that always hold rows: Σ_e ceil(g_e / b) >= ceil(R / b)."""
-    return -(-num_rows // b)
-
-
 def _forward(dtype, b, x_TD, weights, weights_TK, maps: _Maps):
     slot_token, row_slot, owner, _, used = maps
     xs = _to_slots(x_TD, slot_token, dtype).reshape(-1, b, x_TD.shape[1])
     fn = _swiglu_blocks(*(jnp.asarray(w, dtype) for w in weights))  # NumPy weights too
-    runs = _block_runs(xs.shape[0], _first_blocks(row_slot.shape[0], b))
+    runs = _block_runs(xs.shape[0], row_slot.shape[0], b)
     gate, up, y = _concat(_over_blocks(fn, used, runs, (xs, owner), (0, 0)))
     out, _ = _combine(y.reshape(-1, x_TD.shape[1]), row_slot, weights_TK)
     return out, (gate, up, y)
@@ -151,9 +148,9 @@ def _swiglu_block_grads(wg, wu, wd_t):
 def _expert_sum(pieces: list, runs: list, owner: jax.Array, num_experts: int) -> jax.Array:
     """Per-block weight gradients summed into their experts (owners are sorted): one segment sum
     for the head, each tail chunk scattered on top, so no [blocks, D, F] concatenation."""
-    (start, stop), rest = runs[0], zip(runs[1:], pieces[1:], strict=True)
-    total = jax.ops.segment_sum(pieces[0], owner[start:stop], num_experts, indices_are_sorted=True)
-    for (start, stop), piece in rest:
+    head_stop = runs[0][1]
+    total = jax.ops.segment_sum(pieces[0], owner[:head_stop], num_experts, indices_are_sorted=True)
+    for (start, stop), piece in zip(runs[1:], pieces[1:], strict=True):
         total = total.at[owner[start:stop]].add(piece, indices_are_sorted=True)
     return total
 
@@ -172,7 +169,7 @@ def _routed_bwd(dtype, b, x_dtype, residuals, dy_TD):
                              jnp.swapaxes(jnp.asarray(wd, dtype), 1, 2))
     arrays = (gate, up, dy, owner, _to_slots_t(x_TD, slot_token, dtype, b),
               _to_slots_t(d_rows, slot_row, dtype, b))
-    runs = _block_runs(gate.shape[0], _first_blocks(row_slot.shape[0], b))
+    runs = _block_runs(gate.shape[0], row_slot.shape[0], b)
     pieces = _over_blocks(fn, used, runs, arrays, (0, 0, 0, 0, 1, 1))
     dxs = _concat([p[0] for p in pieces])
     dwg, dwu, dwd_t = (_expert_sum([p[i] for p in pieces], runs, owner, num_experts)
