@@ -7,16 +7,17 @@ import re
 from absl import flags, logging
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model checkpoint directory (import-hf or a "
+_CHECKPOINT = DEFINE_path("checkpoint", None, "model checkpoint directory (import-hf or a "
                                   "train step's model)")
-_OUT = flags.DEFINE_string("out", None, "HF directory to create")
+_OUT = DEFINE_path("out", None, "HF directory to create")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16",
                            "bfloat16 | float32 | fp8 (E4M3 128x128 blocks + _scale_inv)")
 _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GiB",
                                  "shard size limit: bytes or a number with KB/MB/GB (10^3) or "
                                  "KiB/MiB/GiB (2^10)")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "directory whose tokenizer files are copied")
+_TOKENIZER = DEFINE_path("tokenizer", None, "directory whose tokenizer files are copied")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --out directory")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -14,10 +14,11 @@ import pathlib
 from absl import flags, logging
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
-_HF = flags.DEFINE_string("hf", None, "HF checkpoint directory")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model checkpoint directory")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (or a directory holding one)")
+_HF = DEFINE_path("hf", None, "HF checkpoint directory")
+_CHECKPOINT = DEFINE_path("checkpoint", None, "model checkpoint directory")
+_TOKENIZER = DEFINE_path("tokenizer", None, "tokenizer.json (or a directory holding one)")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "prompt text (repeat for a batch)")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate at most")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy")

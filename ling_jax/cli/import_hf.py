@@ -8,9 +8,10 @@ import pathlib
 from absl import flags, logging
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
-_HF = flags.DEFINE_string("hf", None, "HF checkpoint directory (config.json + safetensors)")
-_OUT = flags.DEFINE_string("out", None, "model checkpoint directory to create")
+_HF = DEFINE_path("hf", None, "HF checkpoint directory (config.json + safetensors)")
+_OUT = DEFINE_path("out", None, "model checkpoint directory to create")
 _DTYPES = ("auto", "float32", "bfloat16")
 _DTYPE = flags.DEFINE_string("dtype", "auto",
                            "stored parameter dtype; auto = the checkpoint's torch_dtype "

@@ -14,11 +14,12 @@ import numpy as np
 from absl import flags, logging
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
-_HF = flags.DEFINE_string("hf", None, "HF checkpoint directory")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model checkpoint directory")
-_TOKENS = flags.DEFINE_string("tokens", None, ".npy integer array of token ids, [B,T] or [T]")
-_OUT = flags.DEFINE_string("out", None, ".npz file to write (logits, mtp_logits)")
+_HF = DEFINE_path("hf", None, "HF checkpoint directory")
+_CHECKPOINT = DEFINE_path("checkpoint", None, "model checkpoint directory")
+_TOKENS = DEFINE_path("tokens", None, ".npy integer array of token ids, [B,T] or [T]")
+_OUT = DEFINE_path("out", None, ".npz file to write (logits, mtp_logits)")
 _DTYPES = ("float32", "bfloat16")
 _DTYPE = flags.DEFINE_string("dtype", "float32",
                            "parameter and compute dtype (router, norms, softmax stay fp32)")

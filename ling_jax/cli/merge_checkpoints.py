@@ -12,14 +12,15 @@ import pathlib
 from absl import flags, logging
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "train run directory (holds checkpoints/)")
+_WORKDIR = DEFINE_path("workdir", None, "train run directory (holds checkpoints/)")
 _STEPS = flags.DEFINE_list("steps", None, "checkpoint steps to merge (default: the last --last_n)")
 _LAST_N = flags.DEFINE_integer("last_n", 4, "merge the newest N checkpoints when --steps is unset")
 _WEIGHTS = flags.DEFINE_string("weights", "uniform",
                                "uniform, or a decay profile (linear, cosine, inverse_sqrt) whose "
                                "WSM coefficients the merge uses")
-_OUT = flags.DEFINE_string("out", None, "output model checkpoint directory (must not exist)")
+_OUT = DEFINE_path("out", None, "output model checkpoint directory (must not exist)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace --out if it exists")
 
 

@@ -13,10 +13,11 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
                                           lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "run directory: checkpoints, metrics, plots")
+_WORKDIR = DEFINE_path("workdir", "runs/default", "run directory: checkpoints, metrics, plots")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "stop after this global step (smoke tests)")
 _SAMPLE_TOKENS = flags.DEFINE_integer("sample_tokens", 48, "tokens of the closing sample (0: none)")
 

@@ -12,10 +12,11 @@ import pathlib
 from absl import flags
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
 _INPUT = flags.DEFINE_list("input", None, "text/JSONL files or globs")
 _VOCAB = flags.DEFINE_integer("vocab_size", 32768, "vocabulary size (special tokens included)")
-_OUT = flags.DEFINE_string("out", None, "output tokenizer.json (must not exist)")
+_OUT = DEFINE_path("out", None, "output tokenizer.json (must not exist)")
 _TEXT_KEY = flags.DEFINE_string("text_key", "text", "field read from .jsonl files")
 
 

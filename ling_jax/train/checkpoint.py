@@ -20,7 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+
+from ling_jax.paths import absolute
 
 _STATE, _META = "state", "meta"
 _TRASH = "to_delete"  # orbax renames retired steps here (atomic), we then remove them
@@ -106,7 +107,8 @@ class CheckpointStore:
             raise ValueError(f"keep must be >= 1 (newest checkpoints kept), got {keep}")
         if keep_every is not None and keep_every < 1:
             raise ValueError(f"keep_every must be None or >= 1, got {keep_every}")
-        self.directory = epath.Path(directory)  # local or a bucket (gs://...)
+        # Local or a bucket (gs://...); orbax refuses relative local paths.
+        self.directory = absolute(directory)
         policies = [ocp.checkpoint_managers.LatestN(keep)]
         if keep_every is not None:  # steps that are multiples of keep_every are never deleted
             policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))

@@ -30,6 +30,7 @@ from ling_jax.model.moe import ExpertBias
 from ling_jax.model.transformer import LingForCausalLM
 from ling_jax.parallel.mesh import MESH_AXES, experiment_phases, mesh_spec, validate_mesh
 from ling_jax.parallel.sharding import ShardingPlan, plan_for_experiment, with_shardings
+from ling_jax.paths import absolute
 from ling_jax.train import flops
 from ling_jax.train.checkpoint import CheckpointStore
 from ling_jax.train.experiment import phase_names, phase_steps, validate_experiment
@@ -329,7 +330,7 @@ def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=N
     errors are raised before anything compiles.
     """
     validate_experiment(cfg)
-    workdir = epath.Path(workdir)
+    workdir = absolute(workdir)  # relative workdirs resolve against the cwd, once
     run = _Run(cfg, workdir, reporter or _Silent(), shard_fn, max_steps)
     state, pos = run.initial_state()
     peak, peak_source = _peak_flops()

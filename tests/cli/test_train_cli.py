@@ -58,3 +58,29 @@ def test_train_tokenizer_and_its_errors(tmp_path):
 def test_merge_checkpoints_bad_workdir(args, needle):
     _one_line_error(_cli("merge-checkpoints", *args), needle)
     assert not os.path.exists("/tmp/never-written-merge")
+
+
+def test_train_with_relative_workdir_saves_checkpoints(tmp_path):
+    """The README's command form: relative --config and --workdir from the repository root (orbax
+    refuses relative checkpoint paths, so the CLI must make them absolute)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workdir = os.path.relpath(tmp_path / "runs" / "colab_tiny", root)
+    assert not os.path.isabs(workdir)
+    proc = _cli("train", "--config", "experiments/colab_tiny.py", "--workdir", workdir,
+                "--config.phases.pretrain.steps=2", "--config.phases.pretrain.lr.warmup_steps=1",
+                "--config.checkpoint.every_steps=1", "--max_steps=2", "--sample_tokens=0", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoints = tmp_path / "runs" / "colab_tiny" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert not list(checkpoints.glob("*tmp*"))
+
+
+def test_path_flags_are_absolute(tmp_path, monkeypatch):
+    from ling_jax.cli.path_flags import _PathParser
+
+    monkeypatch.chdir(tmp_path)
+    parser = _PathParser()
+    assert parser.parse("runs/x") == str(tmp_path / "runs" / "x")
+    assert parser.parse("~/y") == os.path.join(os.path.expanduser("~"), "y")
+    assert parser.parse("gs://bucket/run") == "gs://bucket/run"
+    assert parser.parse("") is None
