@@ -20,6 +20,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = DEFINE_path("workdir", "runs/default", "run directory: checkpoints, metrics, plots")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "stop after this global step (smoke tests)")
 _SAMPLE_TOKENS = flags.DEFINE_integer("sample_tokens", 48, "tokens of the closing sample (0: none)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "multi-process: HOST:PORT of process 0's coordinator (with "
+                                   "--num_processes and --process_id; none: auto-detect on TPU)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's id (0..N-1)")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 60,
+                                  "multi-process: a process silent this long is declared lost and "
+                                  "every other process exits non-zero")
 
 
 class ProgressReporter:
@@ -84,6 +92,11 @@ def main(argv) -> None:
     cfg = _CONFIG.value
     if cfg is None:
         raise ValueError("--config is required, e.g. --config experiments/colab_tiny.py")
+    from ling_jax.cli import distributed
+
+    # Before anything touches a device (and after ling-jax's one allocator re-exec).
+    distributed.initialize(distributed.DistributedArgs(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value))
     from ling_jax.train.experiment import validate_experiment
     from ling_jax.train.loop import run_experiment
 

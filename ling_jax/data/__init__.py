@@ -19,7 +19,7 @@ from ling_jax.data.builtin import (
 from ling_jax.data.config import SOURCE_FIELDS, validate_data_config
 from ling_jax.data.documents import DocumentEncoder, document_features
 from ling_jax.data.packing import PackedIterDataset
-from ling_jax.data.pipeline import BATCH_KEYS, DataIterator, build_dataset, make_pipeline
+from ling_jax.data.pipeline import BATCH_KEYS, DataIterator, build_dataset, make_pipeline, merge_data_states
 from ling_jax.data.sources import ArrayRecordSource, JsonlSource, TextSource, TfdsSource
 from ling_jax.data.token_records import (
     decode_token_record,
@@ -34,6 +34,6 @@ __all__ = [
     "PythonSource", "TextSource", "TfdsSource", "Tokenizer", "arithmetic_problem",
     "arithmetic_problems", "build_dataset", "builtin_tokenizer", "decode_token_record",
     "document_features", "encode_token_record", "extract_answer", "load_tokenizer",
-    "make_pipeline", "python_stdlib_files", "train_bpe", "validate_data_config",
+    "make_pipeline", "merge_data_states", "python_stdlib_files", "train_bpe", "validate_data_config",
     "write_token_records",
 ]

@@ -4,7 +4,8 @@ data_cfg (ml_collections.ConfigDict or dict):
   sources: mapping label -> source (taken in label order), or a list of sources (labelled by
            their "label" field or "kind[i]")
   num_workers=0 (grain worker processes), worker_buffer_size=2, read_threads=2 (per source),
-  read_buffer_size=64, shuffle=True, add_bos=False, long_docs="split" (default for sources)
+  read_buffer_size=64, shuffle=True, add_bos=False, long_docs="split" (default for sources),
+  streams=0 (row streams of the global batch, data/streams.py; 0 = one per row)
 A source: {kind, weight=1.0, long_docs=<data default>, label=None, ...kind fields below}.
 The tfds field "name" is the tfds dataset name ("mnist", "my_ds/config:1.0.0").
 """
@@ -36,7 +37,7 @@ SOURCE_FIELDS: dict[str, dict[str, Any]] = {
 }
 DATA_FIELDS: dict[str, Any] = {"sources": REQUIRED, "num_workers": 0, "worker_buffer_size": 2,
                                "read_threads": 2, "read_buffer_size": 64, "shuffle": True,
-                               "add_bos": False, "long_docs": "split"}
+                               "add_bos": False, "long_docs": "split", "streams": 0}
 # Allowed values of enumerated fields, per kind.
 _CHOICES: dict[str, dict[str, tuple]] = {
     "builtin_python": {"split": PYTHON_SPLITS},
@@ -112,9 +113,10 @@ def validate_data_config(data_cfg: Any) -> dict[str, Any]:
     The result has every default filled in and "sources" as a list of dicts with a "label".
     """
     cfg = _fill(_as_dict(data_cfg, "data"), DATA_FIELDS, "data")
-    for field in ("num_workers", "read_threads", "read_buffer_size", "worker_buffer_size"):
+    for field in ("num_workers", "read_threads", "read_buffer_size", "worker_buffer_size",
+                  "streams"):
         value = cfg[field]
-        minimum = 0 if field == "num_workers" else 1
+        minimum = 0 if field in ("num_workers", "streams") else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"data.{field}={value!r} must be an integer >= {minimum}")
     if cfg["long_docs"] not in LONG_DOC_POLICIES:

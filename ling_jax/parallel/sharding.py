@@ -158,11 +158,38 @@ class ShardingPlan:
     def abstract(self, abstract_state):
         return with_shardings(abstract_state, self.state)
 
+    def _batch_shards(self) -> tuple[int, int]:
+        """(shards of the batch dimension over the mesh, distinct ones on this process)."""
+        total = int(np.prod([self.mesh.shape[a] for a in axes_of("batch", self.rules,
+                                                                  dict(self.mesh.shape))]))
+        local = {idx[0].indices(total) for idx in
+                 self.batch.addressable_devices_indices_map((total,)).values()}
+        return total, len(local)
+
+    def local_rows(self, batch_size: int) -> list[int]:
+        """Rows of a global batch of `batch_size` that this process's devices hold (ascending):
+        the rows its data pipeline reads."""
+        rows: set[int] = set()
+        for index in self.batch.addressable_devices_indices_map((batch_size,)).values():
+            rows.update(range(*index[0].indices(batch_size)))
+        return sorted(rows)
+
     def global_batch(self, batch: dict):
-        """Host batch → global arrays (multi-host: each process passes its own rows)."""
+        """Host batch → global arrays (multi-host: each process passes its own rows, those of
+        `local_rows`, in ascending order)."""
         if jax.process_count() == 1:
             return jax.device_put(batch, self.batch)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch, x), batch)
+        total, local = self._batch_shards()
+
+        def one(x):
+            size = x.shape[0] * total // local
+            where = {r: i for i, r in enumerate(self.local_rows(size))}
+            return jax.make_array_from_callback(
+                (size, *x.shape[1:]), self.batch,
+                lambda index: x[[where[r] for r in range(*index[0].indices(size))]][
+                    (slice(None), *index[1:])])
+
+        return jax.tree.map(one, batch)
 
     def jit_step(self, fn: Callable) -> Callable:
         """jit of fn(state, batch) -> (state, metrics) with this plan's shardings (donates state)."""

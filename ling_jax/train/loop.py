@@ -257,7 +257,8 @@ class _Run:
         # Phase kinds write with pathlib: a gs:// run gives them the log's local directory.
         local = pathlib.Path(os.fspath(self.workdir)) if is_local(self.workdir) else log.local_dir
         ctx = PhaseContext(self.cfg, self.tokenizer, pos.phase_index, self.starts[pos.phase_index],
-                           jax.process_index(), jax.process_count(), self.shard_fn, local)
+                           jax.process_index(), jax.process_count(), self.shard_fn, local,
+                           self.plan.local_rows if self.plan else None)
         runner = phase_kinds()[phase.kind](ctx, name, phase)
         if pos.data_state is not None and pos.step_in_phase > 0:
             runner.set_data_state(pos.data_state)

@@ -39,6 +39,12 @@ class PhaseContext:
     process_count: int = 1
     shard_fn: Any = None  # optional: (step_fn, state, batch_example) -> compiled step (parallel/)
     workdir: pathlib.Path | None = None  # the run directory (the rl kind keeps its reference policy)
+    # (global batch size) -> the rows of each global batch that this process reads (ascending);
+    # None: the contiguous block of process_index.
+    rows_fn: Any = None
+
+    def batch_rows(self, batch_size: int) -> list[int] | None:
+        return None if self.rows_fn is None else self.rows_fn(batch_size)
 
 
 class PhaseRunner(Protocol):
@@ -94,8 +100,8 @@ class LMPhase:
         self.data = make_pipeline(
             phase.data, seq_len=phase.seq_len, batch_size=phase.batch_size,
             tokenizer=ctx.tokenizer, seed=phase_seed(exp.seed, name),
-            process_index=ctx.process_index, process_count=ctx.process_count,
-            vocab_size=exp.model.vocab_size)
+            rows=ctx.batch_rows(phase.batch_size), process_index=ctx.process_index,
+            process_count=ctx.process_count, vocab_size=exp.model.vocab_size)
         self.tokens_per_step = phase.seq_len * phase.batch_size
         self.last_batch: dict | None = None
 

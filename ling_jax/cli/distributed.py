@@ -1,0 +1,78 @@
+"""Starting JAX's distributed runtime for `ling-jax train`, once, before any device is touched.
+
+Three flags name the job explicitly (all or none): --coordinator_address HOST:PORT,
+--num_processes N, --process_id I. With none, a Cloud TPU VM or GKE TPU pod is detected from its
+environment and JAX finds the values itself; anywhere else the run is one process. On CPU the
+collectives between processes go through gloo. A process that stops answering (kill -9, a lost
+host) is noticed through the coordination service's heartbeats within --heartbeat_timeout_s, and
+every other process then exits non-zero instead of hanging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedArgs:
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    heartbeat_timeout_s: int = 60
+    initialization_timeout_s: int = 300
+
+    @property
+    def explicit(self) -> bool:
+        return self.coordinator_address is not None
+
+
+def validate(args: DistributedArgs) -> None:
+    """One-line ValueError for an inconsistent set of flags (before anything starts)."""
+    given = [args.coordinator_address is not None, args.num_processes is not None,
+             args.process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError("give all three of --coordinator_address HOST:PORT, --num_processes N "
+                         "and --process_id I, or none of them (auto-detect on Cloud TPU)")
+    if args.heartbeat_timeout_s < 1 or args.initialization_timeout_s < 1:
+        raise ValueError("--heartbeat_timeout_s and --initialization_timeout_s must be >= 1")
+    if not all(given):
+        return
+    host, _, port = args.coordinator_address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--coordinator_address={args.coordinator_address!r} must be HOST:PORT, "
+                         "e.g. 10.0.0.2:8476")
+    if args.num_processes < 1:
+        raise ValueError(f"--num_processes={args.num_processes} must be >= 1")
+    if not 0 <= args.process_id < args.num_processes:
+        raise ValueError(f"--process_id={args.process_id} must be in [0, {args.num_processes}) "
+                         f"for --num_processes={args.num_processes}")
+
+
+def _tpu_cluster_detected() -> bool:
+    """True on a Cloud TPU VM slice or a GKE TPU pod (JAX's own cluster detection)."""
+    try:
+        from jax._src.clusters import GceTpuCluster, GkeTpuCluster
+    except ImportError:  # a JAX without these detectors: explicit flags still work
+        return False
+    return GkeTpuCluster.is_env_present() or GceTpuCluster.is_env_present()
+
+
+def initialize(args: DistributedArgs) -> bool:
+    """Start the distributed runtime when the flags or the environment ask for it; returns
+    whether it was started. Must run before JAX touches a device (and after any re-exec)."""
+    validate(args)
+    import jax
+
+    if not args.explicit and not _tpu_cluster_detected():
+        return False
+    if args.explicit and args.num_processes == 1:
+        return False
+    # Only the CPU client reads this; accelerators use their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = dict(heartbeat_timeout_seconds=args.heartbeat_timeout_s,
+                  initialization_timeout=args.initialization_timeout_s)
+    if args.explicit:
+        kwargs.update(coordinator_address=args.coordinator_address,
+                      num_processes=args.num_processes, process_id=args.process_id)
+    jax.distributed.initialize(**kwargs)
+    return True
