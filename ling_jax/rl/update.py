@@ -20,7 +20,7 @@ from ling_jax.rl import objectives
 from ling_jax.rl.objectives import k3_kl_per_token
 from ling_jax.rl.rollout import response_logprobs
 from ling_jax.train.optimizer import current_lr, global_norm
-from ling_jax.train.step import update_biases
+from ling_jax.train.step import keep_if_finite, update_biases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +72,16 @@ def rl_updates(state: dict, batch: dict, order_KM: jax.Array, *, graphdef,
         params, biases, opt_state = carry
         mb = jax.tree.map(lambda x: x[rows], batch)
         (loss, (diag, counts)), grads = grad_fn(params, biases, mb, graphdef, uc)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        biases = update_biases(biases, counts, uc.bias_update_rate, uc.num_moe)
-        metrics = {"loss": loss, "grad_norm": global_norm(grads), **diag}
+        grad_norm = global_norm(grads)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                  & jnp.isfinite(global_norm(updates)))
+        new = (optax.apply_updates(params, updates), new_opt,
+               update_biases(biases, counts, uc.bias_update_rate, uc.num_moe))
+        # A non-finite minibatch update is skipped (the loop stops after several in a row).
+        params, opt_state, biases = keep_if_finite(finite, new, (params, opt_state, biases))
+        metrics = {"loss": loss, "grad_norm": grad_norm, **diag,
+                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
         return (params, biases, opt_state), (metrics, counts)
 
     carry = (state["params"], state["biases"], state["opt_state"])

@@ -95,15 +95,29 @@ def update_biases(biases: dict, counts, rate: float, num_moe: int) -> dict:
     return biases
 
 
+def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where the step was finite, else `old` (elementwise selects XLA fuses into the
+    update's own loops)."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
 def train_step(state: TrainState, batch: dict, *, graphdef, optimizer: optax.GradientTransformation,
                sc: StepConfig) -> tuple[TrainState, dict]:
-    """One optimizer step on a global batch; returns the new state and fp32 metrics."""
+    """One optimizer step on a global batch; returns the new state and fp32 metrics.
+
+    A step whose loss or gradient norm is not finite is not applied: params, biases and optimizer
+    state stay as they were (metrics["nonfinite"] = 1; the loop stops after several in a row).
+    """
     norms = _normalisers(batch, sc.num_mtp)
     loss, aux, grads = _grads(state["params"], state["biases"], batch, norms, graphdef, sc)
     grad_norm = global_norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    # The update too: a finite gradient times an infinite learning rate is not a step.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(global_norm(updates))
     params = optax.apply_updates(state["params"], updates)
     biases = update_biases(state["biases"], aux["counts"], sc.bias_update_rate, sc.num_moe)
+    params, biases, opt_state = keep_if_finite(
+        finite, (params, biases, opt_state), (state["params"], state["biases"], state["opt_state"]))
     mtp = (aux["mtp_sums"] / jnp.stack(norms["mtp"])).mean() if sc.num_mtp else jnp.zeros(())
     metrics = {
         "loss": loss, "lm_loss": aux["lm_sum"] / norms["lm"], "mtp_loss": mtp,
@@ -111,6 +125,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, optimizer: optax.Gra
         "grad_norm": grad_norm, "lr": current_lr(opt_state), "target_tokens": norms["lm"],
         "tokens": norms["tokens"],
         "ep_dropped_tokens": aux["dropped"],  # (token, expert) rows over EP capacity (0: dropless)
+        "nonfinite": 1.0 - finite.astype(jnp.float32),  # 1: this step was skipped
     }
     if aux["counts"].shape[0]:
         load = load_metrics(aux["counts"])
