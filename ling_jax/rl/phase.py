@@ -10,7 +10,7 @@ One RL step (one loop step):
   5. K = epochs × minibatches objective updates, each followed by the expert-bias update.
 Exact resume: sampling keys derive from (experiment seed, phase name, global step), the minibatch
 order from the same key, the prompts from the step; the data state is the step cursor.
-Registers itself as phase kind "rl" on import. Helpers: rl/compiled.py (the
+The loop finds it as phase kind "rl" through train/phase_kinds.py. Helpers: rl/compiled.py (the
 cached compiled functions), rl/phase_optimizer.py, rl/reference.py (the frozen KL reference),
 rl/step_metrics.py.
 """
@@ -49,7 +49,7 @@ from ling_jax.rl.step_metrics import rollout_metrics
 from ling_jax.rl.update import UpdateConfig, minibatch_order
 from ling_jax.train.balancing import load_metrics
 from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
-from ling_jax.train.phases import PhaseContext, phase_seed, register_phase_kind
+from ling_jax.train.phases import PhaseContext, phase_seed
 
 __all__ = ["REFERENCE_DIR", "RLPhase", "optimizer_config", "with_hyperparams"]
 
@@ -214,5 +214,3 @@ class RLPhase:
             self.reference = reference_policy(self.workdir, self.name, state, step_in_phase)
         return self.reference
 
-
-register_phase_kind("rl", RLPhase)

@@ -16,7 +16,8 @@ from ling_jax.parallel.mesh import MESH_AXES, experiment_phases, mesh_spec, vali
 from ling_jax.parallel.sharding import ShardingPlan, plan_for_experiment
 from ling_jax.train.experiment import phase_names, phase_steps
 from ling_jax.train.metrics_log import is_local
-from ling_jax.train.phases import PhaseContext, phase_kinds
+from ling_jax.train.phase_kinds import phase_kind
+from ling_jax.train.phases import PhaseContext
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ def start_phase(cfg, table: PhaseTable, pos, tokenizer, shard_fn, workdir: epath
     local = pathlib.Path(os.fspath(workdir)) if is_local(workdir) else log.local_dir
     ctx = PhaseContext(cfg, tokenizer, pos.phase_index, table.starts[pos.phase_index],
                        jax.process_index(), jax.process_count(), shard_fn, local)
-    runner = phase_kinds()[phase.kind](ctx, name, phase)
+    runner = phase_kind(phase.kind)(ctx, name, phase)
     if pos.data_state is not None and pos.step_in_phase > 0:
         runner.set_data_state(pos.data_state)
     return runner
