@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ling_jax.config import get_preset  # noqa: E402
-from ling_jax.parallel.aot import compile_train_step, lm_step_fn, topology_devices  # noqa: E402
+from ling_jax.launch.aot import compile_train_step, lm_step_fn, topology_devices  # noqa: E402
 from ling_jax.parallel.sharding import plan_for_experiment  # noqa: E402
 from ling_jax.train.experiment import checkpointing, experiment  # noqa: E402
 from ling_jax.train.loop import init_state  # noqa: E402

@@ -49,8 +49,6 @@ def rl_phase(objective: str = "lpo", steps: int = 40) -> dict:
 
 
 def get_config():
-    import ling_jax.rl.phase  # noqa: F401  (registers the "rl" phase kind before validation)
-
     model = get_preset("tiny")
     pretrain = dict(
         kind="pretrain", steps=40, seq_len=128, batch_size=16,

@@ -70,7 +70,7 @@ def main(argv) -> None:
 
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")  # the TPU devices are compile-only
-    from ling_jax.parallel.aot import compile_train_step, topology_devices
+    from ling_jax.launch.aot import compile_train_step, topology_devices
     from ling_jax.train.experiment import validate_experiment
 
     validate_experiment(cfg)

@@ -11,7 +11,6 @@ from ling_jax.model.linear import param
 from ling_jax.model.mlp import SwiGLU
 from ling_jax.model.router import expert_counts, route_tokens
 from ling_jax.ops import expert_compute
-from ling_jax.ops.ep_transport import compute_with_drops
 
 
 class ExpertBias(nnx.Variable):
@@ -72,7 +71,7 @@ class MoE(nnx.Module):
         weights = expert_compute.ExpertWeights(
             self.gate_proj[...], self.up_proj[...], self.down_proj[...]
         )
-        y_TD, dropped = compute_with_drops(self.backend)(
+        y_TD, dropped = expert_compute.compute_with_drops(self.backend)(
             x_TD,
             routing.expert_idx_TK,
             routing.weights_TK,

@@ -10,7 +10,7 @@ Per device, with T local tokens, K slots, n devices on the expert axis and E/n l
   return (transport) → weighted combine at the source → psum over the axes sharding the mlp dim.
 Capacity (rows per source→destination pair) is T·min(K, E/n) by default: no token is ever
 dropped. A `capacity_factor` c > 0 sizes it ⌈c·T·K/n⌉ instead; rows past it are dropped (their
-output is zero) and counted: `compute_with_drops(name)` returns that count with the output.
+output is zero) and counted: `expert_compute.compute_with_drops(name)` returns that count too.
 Without a mesh in context, or with an expert axis of size 1, the backends run `local_backend`
 directly, so a model configured for EP also runs on one device.
 The mesh comes from `jax.set_mesh`; the axis names from `ep_settings(...)` (parallel/ sets both).
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from ling_jax.ops import expert_compute
-from ling_jax.ops.expert_compute import ExpertWeights
+from ling_jax.ops import backend_registry
+from ling_jax.ops.backend_registry import ExpertWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +178,7 @@ TRANSPORTS: dict[str, Transport] = {
 
 def _local_compute(x_RD, ids_R, valid_R, w: ExpertWeights, s: EPSettings, dtype, block_size):
     """One output row per received row (invalid rows: expert 0 with weight 0, i.e. zero)."""
-    compute = expert_compute.get(s.local_backend)
+    compute = backend_registry.get(s.local_backend)
     ids = jnp.where(valid_R, ids_R, 0)[:, None]
     return compute(x_RD, ids, valid_R.astype(jnp.float32)[:, None], w, dtype=dtype,
                    block_size=block_size)
@@ -210,7 +210,7 @@ def _replicated_local(x_TD, idx_TK, w_TK, gate, up, down, *, s: EPSettings, dtyp
     """Tokens replicated over the expert axis: compute local experts only, then psum."""
     local = gate.shape[0]
     mine = idx_TK // local == jax.lax.axis_index(s.expert_axis)
-    compute = expert_compute.get(s.local_backend)
+    compute = backend_registry.get(s.local_backend)
     y_TD = compute(x_TD, jnp.where(mine, idx_TK % local, 0), jnp.where(mine, w_TK, 0.0),
                    ExpertWeights(gate, up, down), dtype=dtype, block_size=block_size)
     return jax.lax.psum(y_TD, (s.expert_axis, *reduce_axes)), jnp.zeros((), jnp.int32)
@@ -231,7 +231,7 @@ def ep_expert_compute(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtyp
             s = dataclasses.replace(s, local_backend="blocked")
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or s.expert_axis not in mesh.axis_names or mesh.shape[s.expert_axis] == 1:
-        y = expert_compute.get(s.local_backend)(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype,
+        y = backend_registry.get(s.local_backend)(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype,
                                                 block_size=block_size)
         return y, jnp.zeros((), jnp.int32)
     if transport not in TRANSPORTS:
@@ -267,24 +267,7 @@ EP_BACKENDS: dict[str, str] = {"ep_all_to_all": "all_to_all",
                                "ep_ragged_all_to_all": "ragged_all_to_all"}
 
 
-def compute_with_drops(backend: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """Backend `backend` as fn(x_TD, idx_TK, weights_TK, w, *, dtype, block_size) ->
-    (y [T, D] fp32, dropped (token, slot) rows, int32 scalar, global over the token shards).
-
-    EP backends count the rows their capacity dropped; every other backend is dropless (0).
-    """
-    if backend in EP_BACKENDS:
-        return functools.partial(ep_expert_compute, transport=EP_BACKENDS[backend])
-    compute = expert_compute.get(backend)
-
-    def dropless(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
-        y = compute(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype, block_size=block_size)
-        return y, jnp.zeros((), jnp.int32)
-
-    return dropless
-
-
-def _backend(transport: str) -> expert_compute.Backend:
+def _backend(transport: str) -> backend_registry.Backend:
     def run(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
         return ep_expert_compute(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype,
                                  block_size=block_size, transport=transport)[0]
@@ -293,4 +276,4 @@ def _backend(transport: str) -> expert_compute.Backend:
 
 
 for _name, _transport in EP_BACKENDS.items():
-    expert_compute.register(_name)(_backend(_transport))
+    backend_registry.register(_name)(_backend(_transport))

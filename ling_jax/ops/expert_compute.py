@@ -1,64 +1,67 @@
-"""Dropless routed-expert compute behind a registry of named backends.
+"""Dropless routed-expert compute: the catalog of named backends (look them up here).
 
 A backend maps (x [T,D], routing, expert weights) to the routed output [T,D] in fp32:
     y_t = Σ_k w_tk · SwiGLU_{e_tk}(x_t)
 `dense` is the test reference; `ragged_dot` is XLA's grouped matmul (≈E× the work on XLA:CPU);
 `blocked` is the fast CPU backend: rows sorted by expert into aligned blocks, one batched einsum.
-Pallas backends (pallas_fp8, megablox) register themselves from ling_jax.ops.pallas_backends.
+Backend modules register themselves in ling_jax.ops.backend_registry (which imports none of them);
+this catalog imports each one after the registry: ep_transport (ep_all_to_all,
+ep_ragged_all_to_all) and fp8_linear (blocked_fp8) here, the Pallas backends (pallas_fp8,
+megablox; ling_jax.ops.pallas_backends) on the first lookup, so importing this imports no kernels.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from ling_jax.ops import dispatch
+from ling_jax.ops import backend_registry, ep_transport, fp8_linear  # noqa: F401  (register)
+from ling_jax.ops.backend_registry import Backend, ExpertWeights, register
 from ling_jax.ops.blocked import blocked
 from ling_jax.ops.mixed_einsum import mixed_einsum
+from ling_jax.ops.sorted_compute import sorted_backend, swiglu_grouped
 
-
-class ExpertWeights(NamedTuple):
-    gate_EDF: jax.Array
-    up_EDF: jax.Array
-    down_EFD: jax.Array
-
-
-Backend = Callable[..., jax.Array]
-_REGISTRY: dict[str, Backend] = {}
-
-
-def register(name: str) -> Callable[[Backend], Backend]:
-    def wrap(fn: Backend) -> Backend:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+__all__ = ["Backend", "ExpertWeights", "blocked", "compute_with_drops", "dense", "get", "names",
+           "register", "sorted_backend", "swiglu_grouped"]
 
 
 def names() -> list[str]:
     _load_optional_backends()
-    return sorted(_REGISTRY)
+    return backend_registry.names()
 
 
 def get(name: str) -> Backend:
     _load_optional_backends()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown MoE backend {name!r}; choose one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return backend_registry.get(name)
 
 
 def _load_optional_backends() -> None:
-    import ling_jax.ops.ep_transport  # noqa: F401  (registers ep_all_to_all, ep_ragged_all_to_all)
-    import ling_jax.ops.fp8_linear  # noqa: F401  (registers blocked_fp8)
-
     try:  # Pallas backends live in their own module so this one imports no kernels.
         import ling_jax.ops.pallas_backends  # noqa: F401
     except ImportError:
         pass
-    import ling_jax.ops.ep_transport  # noqa: F401  (expert-parallel backends register themselves)
+
+
+def compute_with_drops(backend: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Backend `backend` as fn(x_TD, idx_TK, weights_TK, w, *, dtype, block_size) ->
+    (y [T, D] fp32, dropped (token, slot) rows, int32 scalar, global over the token shards).
+
+    EP backends count the rows their capacity dropped; every other backend is dropless (0).
+    """
+    _load_optional_backends()  # an EP backend looks its local backend up when traced
+    if backend in ep_transport.EP_BACKENDS:
+        return functools.partial(ep_transport.ep_expert_compute,
+                                 transport=ep_transport.EP_BACKENDS[backend])
+    compute = get(backend)
+
+    def dropless(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
+        y = compute(x_TD, expert_idx_TK, weights_TK, w, dtype=dtype, block_size=block_size)
+        return y, jnp.zeros((), jnp.int32)
+
+    return dropless
 
 
 def _mm(eq: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
@@ -83,26 +86,6 @@ def dense(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_siz
         .add(weights_TK.astype(jnp.float32))
     )
     return jnp.einsum("ted,te->td", y_TED.astype(jnp.float32), combine_TE)
-
-
-def swiglu_grouped(x_RD, group_sizes, w: ExpertWeights, gmm: Callable, dtype) -> jax.Array:
-    """SwiGLU on rows sorted by expert through a grouped-matmul function gmm(lhs, rhs, sizes)."""
-    gate = gmm(x_RD.astype(dtype), w.gate_EDF.astype(dtype), group_sizes).astype(dtype)
-    up = gmm(x_RD.astype(dtype), w.up_EDF.astype(dtype), group_sizes).astype(dtype)
-    return gmm(jax.nn.silu(gate) * up, w.down_EFD.astype(dtype), group_sizes).astype(dtype)
-
-
-def sorted_backend(gmm: Callable) -> Backend:
-    """A backend from any grouped matmul over expert-sorted rows (ragged_dot, Pallas kernels)."""
-
-    def run(x_TD, expert_idx_TK, weights_TK, w: ExpertWeights, *, dtype, block_size=0):
-        del block_size
-        plan = dispatch.sort_by_expert(expert_idx_TK, w.gate_EDF.shape[0])
-        x_RD = dispatch.gather_sorted(x_TD, plan, expert_idx_TK.shape[1])
-        y_RD = swiglu_grouped(x_RD, plan.group_sizes, w, gmm, dtype)
-        return dispatch.combine_sorted(y_RD, plan, weights_TK)
-
-    return run
 
 
 def _ragged_dot(lhs, rhs, sizes):

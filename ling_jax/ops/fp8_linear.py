@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 import jax
 import jax.numpy as jnp
 
-from ling_jax.ops import dispatch, expert_compute
+from ling_jax.ops import backend_registry, dispatch
 from pallas_kernels.quantize import (
     dequantize_cols,
     dequantize_rows,
@@ -191,8 +191,8 @@ def fp8_einsum(equation: str, x: jax.Array, w: jax.Array, dtype, *, impl: str = 
     return y_MN.reshape(*lead, *w.shape[len(contracted) :]).astype(dtype)
 
 
-@expert_compute.register("blocked_fp8")
-def blocked_fp8(x_TD, expert_idx_TK, weights_TK, w: expert_compute.ExpertWeights, *, dtype,
+@backend_registry.register("blocked_fp8")
+def blocked_fp8(x_TD, expert_idx_TK, weights_TK, w: backend_registry.ExpertWeights, *, dtype,
                 block_size=0):  # fmt: skip
     """`blocked` with each expert GEMM in blockwise FP8 (rows tiled along D/F, [128,128] expert
     blocks; dW tiles run down each block's rows). Same layout and combine as `blocked`."""

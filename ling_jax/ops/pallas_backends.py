@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.megablox import gmm as megablox_gmm
 
-from ling_jax.ops.expert_compute import register, sorted_backend
+from ling_jax.ops.backend_registry import register
+from ling_jax.ops.sorted_compute import sorted_backend
 from pallas_kernels import fp8_grouped_matmul
 
 

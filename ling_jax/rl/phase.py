@@ -10,33 +10,34 @@ One RL step (one loop step):
   5. K = epochs × minibatches objective updates, each followed by the expert-bias update.
 Exact resume: sampling keys derive from (experiment seed, phase name, global step), the minibatch
 order from the same key, the prompts from the step; the data state is the step cursor.
-Registers itself as phase kind "rl" on import.
+The loop finds it as phase kind "rl" through train/phase_kinds.py. Helpers: rl/compiled.py (the
+cached compiled functions), rl/phase_optimizer.py, rl/reference.py (the frozen KL reference),
+rl/step_metrics.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from ling_jax.data.arithmetic import arithmetic_problem, difficulty_at
-from ling_jax.model.decode import SamplingParams, make_generate_fn
-from ling_jax.rl.config import (
-    arithmetic_source,
-    rl_settings,
-    stage_at,
-    validate_rl_phase,
+from ling_jax.model.decode import SamplingParams
+from ling_jax.rl import compiled
+from ling_jax.rl.config import arithmetic_source, rl_settings, stage_at, validate_rl_phase
+from ling_jax.rl.evaluation import greedy_correct, heldout_change, heldout_set
+from ling_jax.rl.phase_optimizer import (
+    optimizer_config,
+    phase_optimizer,
+    phase_start_opt_state,
+    with_hyperparams,
 )
-from ling_jax.rl.evaluation import exact_match, greedy_correct, heldout_change, heldout_set
 from ling_jax.rl.plots import plot_rl
+from ling_jax.rl.reference import REFERENCE_DIR, reference_policy
 from ling_jax.rl.rollout import (
     encode_prompts,
     sample_groups,
@@ -44,74 +45,13 @@ from ling_jax.rl.rollout import (
     sentence_ids,
     training_batch,
 )
-from ling_jax.rl.update import UpdateConfig, minibatch_order, rl_updates, score_fn
+from ling_jax.rl.step_metrics import rollout_metrics
+from ling_jax.rl.update import UpdateConfig, minibatch_order
 from ling_jax.train.balancing import load_metrics
 from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
-from ling_jax.train.optimizer import make_optimizer
-from ling_jax.train.phases import PhaseContext, phase_graphdef, phase_seed, register_phase_kind
-from ling_jax.train.schedules import make_schedule
+from ling_jax.train.phases import PhaseContext, phase_seed
 
-REFERENCE_DIR = "rl_reference_{name}"
-
-
-def optimizer_config(ctx: PhaseContext, rl: dict) -> dict:
-    """The experiment's AdamW fields with the phase's `rl.optimizer` overrides."""
-    return {**ctx.experiment.optimizer.to_dict(), **(rl["optimizer"] or {})}
-
-
-def _optimizer(ctx: PhaseContext, phase, rl: dict, updates_per_step: int, reset: bool):
-    """AdamW whose schedule counts optimizer updates (K per RL step) from the phase start: from 0
-    when the phase starts from a fresh optimizer state, else from the carried update count."""
-    lr = dict(phase.lr)
-    lr.setdefault("total_steps", phase_steps(phase) * updates_per_step)
-    lr["start_step"] = 0 if reset else ctx.start_step
-    return make_optimizer(optimizer_config(ctx, rl), make_schedule(lr))
-
-
-def with_hyperparams(opt_state, overrides: dict):
-    """A carried optax state whose injected hyperparameters (b1, b2, eps, weight_decay) take
-    `overrides`: inject_hyperparams reads them from the state, not from the new optimizer."""
-    def one(node):
-        if not hasattr(node, "hyperparams"):
-            return node
-        new = {k: jnp.asarray(overrides[k], jnp.result_type(v)) if k in overrides else v
-               for k, v in node.hyperparams.items()}
-        return node._replace(hyperparams=new)
-
-    is_inject = lambda x: hasattr(x, "hyperparams") and hasattr(x, "count")
-    return jax.tree.map(one, opt_state, is_leaf=is_inject)
-
-
-# Compiled functions are cached by what determines them (model config JSON and settings), so a
-# runner rebuilt for a resume or another phase with the same shapes does not compile again.
-@functools.lru_cache(maxsize=16)
-def _graphdef(model_json: str):
-    return phase_graphdef(ml_collections.ConfigDict(json.loads(model_json)))
-
-
-@functools.lru_cache(maxsize=16)
-def _generate_fn(model_json: str, slots: int, sampling: SamplingParams):
-    return make_generate_fn(_graphdef(model_json), max_new_tokens=slots, sampling=sampling)
-
-
-@functools.lru_cache(maxsize=16)
-def _score_fn(model_json: str, prompt_len: int, temperature: float):
-    return score_fn(_graphdef(model_json), prompt_len, temperature)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Optimizer:
-    """An optax optimizer that hashes by the JSON of what built it."""
-
-    key: str
-    optimizer: Any = dataclasses.field(compare=False, hash=False)
-
-
-@functools.lru_cache(maxsize=16)
-def _update_fn(model_json: str, uc: UpdateConfig, optimizer: _Optimizer):
-    fn = functools.partial(rl_updates, graphdef=_graphdef(model_json),
-                           optimizer=optimizer.optimizer, uc=uc)
-    return jax.jit(fn, donate_argnums=(0,))
+__all__ = ["REFERENCE_DIR", "RLPhase", "optimizer_config", "with_hyperparams"]
 
 
 class RLPhase:
@@ -140,9 +80,9 @@ class RLPhase:
         stop = dict(stop_ids=(int(tok.eos_id),), pad_id=int(self.pad_id))
         sampling = SamplingParams(float(rl["temperature"]), float(rl["top_p"]), int(rl["top_k"]),
                                   **stop)
-        self._generate = _generate_fn(model_json, self.slots, sampling)
-        self._greedy = _generate_fn(model_json, self.slots, SamplingParams(0.0, **stop))
-        self._score = _score_fn(model_json, self.max_prompt, float(rl["temperature"]))
+        self._generate = compiled.generate_fn(model_json, self.slots, sampling)
+        self._greedy = compiled.generate_fn(model_json, self.slots, SamplingParams(0.0, **stop))
+        self._score = compiled.scoring_fn(model_json, self.max_prompt, float(rl["temperature"]))
         self._update = self._make_update(ctx, phase, model_json)
         self.base_key = jax.random.key(phase_seed(exp.seed, name))
         difficulty = rl["eval_difficulty"] or sorted({d for s in self.stages for d in s.difficulty})
@@ -164,10 +104,10 @@ class RLPhase:
                           float(rl["temperature"]), self.max_prompt,
                           float(phase.bias_update_rate), num_moe, float(rl["kl_beta"]))
         updates, reset = rl["epochs"] * rl["minibatches"], bool(rl["reset_optimizer"])
-        self.optimizer = _optimizer(ctx, phase, rl, updates, reset)
+        self.optimizer = phase_optimizer(ctx, phase, rl, updates, reset)
         key = json.dumps([optimizer_config(ctx, rl), dict(phase.lr), updates, reset,
                           0 if reset else ctx.start_step, self.steps], sort_keys=True, default=str)
-        return _update_fn(model_json, uc, _Optimizer(key, self.optimizer))
+        return compiled.update_fn(model_json, uc, compiled.HashedOptimizer(key, self.optimizer))
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -205,12 +145,8 @@ class RLPhase:
                               max_steps=self.slots, pad_id=self.pad_id)
 
     def _phase_start_opt_state(self, state: dict):
-        """Fresh AdamW moments (reset_optimizer), else the carried state with this phase's
-        hyperparameter overrides written in."""
-        if self.rl["reset_optimizer"]:
-            return self.optimizer.init(state["params"])
-        overrides = {k: v for k, v in (self.rl["optimizer"] or {}).items() if k != "max_grad_norm"}
-        return with_hyperparams(state["opt_state"], overrides)
+        """The optimizer state the phase starts from (phase_optimizer.phase_start_opt_state)."""
+        return phase_start_opt_state(self.optimizer, self.rl, state)
 
     def _eval_metrics(self, state: dict, suffix: str = "") -> dict:
         correct = self.evaluate(state)
@@ -218,6 +154,8 @@ class RLPhase:
                 f"heldout_correct{suffix}": correct.astype(np.int32).tolist()}
 
     def step(self, state: dict) -> tuple[dict, dict]:
+        """One RL step: held-out eval, experience (rollout → reward → advantage → log π_old),
+        then the K objective updates."""
         k, rl = self.cursor, self.rl
         key = jax.random.fold_in(self.base_key, int(state["step"]))
         metrics: dict = {}
@@ -230,6 +168,7 @@ class RLPhase:
         t0 = time.perf_counter()
         batch, extra = self._experience(state, k, jax.random.fold_in(key, 0))
         t1 = time.perf_counter()
+        # 5. update: K = epochs × minibatches objective updates, each with the expert-bias update
         order = minibatch_order(self.prompts_per_step, self.group_size, rl["minibatches"],
                                 rl["epochs"], jax.random.fold_in(key, 1))
         state, updates = self._update(state, batch, jnp.asarray(order))
@@ -247,70 +186,31 @@ class RLPhase:
         """Rollouts of phase step k scored into a training batch (with log π_old) + metrics."""
         rl, stage = self.rl, stage_at(self.stages, k)
         problems = self.problems(k)
+        # 1. rollout: G samples of each of the P prompts from the current policy
         ids, lengths = encode_prompts(self.tokenizer, [p.prompt for p in problems],
                                       self.max_prompt, self.pad_id)
         rollouts = sample_groups(self._generate, state["params"], state["biases"], ids, lengths,
                                  self.group_size, key, stage.max_response_tokens, self.tokenizer)
+        # 2. reward: answer + format + the stage's length reward, [P, G]
         rewards, components = score_rollouts(rollouts, problems, self.group_size,
                                              rl["reward_weights"], rl["reward_params"],
                                              stage.length_alpha)
+        # 3. advantage: group z-scores, laid out with the sentence ids as the update's batch
         sids = sentence_ids(rollouts, self.tokenizer, rl["pause_chars"], rl["objective"] == "lpo")
         batch = jax.tree.map(jnp.asarray, training_batch(rollouts, rewards, sids,
                                                          rl["advantage_eps"]))
+        # 4. log π_old (and log π_ref) by the training forward; the update follows in step()
         inputs = {f: batch[f] for f in ("tokens", "positions", "segment_ids", "response")}
         batch["logp_old"], entropy = self._score(state["params"], state["biases"], inputs)
         if rl["kl_beta"] > 0:
             ref_params, ref_biases = self._reference(state, k)
             batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
-        return batch, self._rollout_metrics(rollouts, problems, rewards, components, batch,
-                                            entropy, stage)
-
-    def _rollout_metrics(self, rollouts, problems, rewards, components, batch, entropy,
-                         stage) -> dict:
-        mask = np.asarray(batch["mask"])
-        tokens = max(int(mask.sum()), 1)
-        gap = np.abs(np.asarray(batch["logp_old"]) - rollouts.sampler_logp)
-        repeated = [p for p in problems for _ in range(self.group_size)]
-        flat = rewards.reshape(-1)
-        out = {
-            "reward": float(flat.mean()), "reward_std": float(flat.std()),
-            "accuracy": float(exact_match(rollouts.texts, repeated).mean()),
-            "response_length": float(rollouts.lengths.mean()),
-            "finished_fraction": float(rollouts.finished.mean()),
-            "entropy": float(np.asarray(entropy)[mask].sum() / tokens),
-            "logp_gap": float(gap[mask].sum() / tokens),
-            "flat_groups": float(np.mean(rewards.max(1) == rewards.min(1))),
-            "stage": stage.index, "max_response_tokens": stage.max_response_tokens,
-            "length_alpha": stage.length_alpha,
-            "difficulty": float(np.mean([p.difficulty for p in problems])),
-            "tokens": float(rollouts.lengths.sum()),
-        }
-        out.update({f"reward_{name}": float(v.mean()) for name, v in components.items()})
-        return out
-
-    # -- the frozen reference policy (only with kl_beta > 0) -----------------------------------
+        return batch, rollout_metrics(rollouts, problems, self.group_size, rewards, components,
+                                      batch, entropy, stage)
 
     def _reference(self, state: dict, step_in_phase: int):
-        """(params, biases) of the phase start, saved under the workdir for exact resume."""
-        if self.reference is not None:
-            return self.reference
-        import orbax.checkpoint as ocp
-
-        path = pathlib.Path(self.workdir).absolute() / REFERENCE_DIR.format(name=self.name)
-        tree = {"params": state["params"], "biases": state["biases"]}
-        with ocp.StandardCheckpointer() as ckpt:
-            if path.exists():
-                target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-                tree = ckpt.restore(path, target)
-            elif step_in_phase == 0:
-                tree = jax.tree.map(jnp.copy, tree)
-                ckpt.save(path, tree)
-                ckpt.wait_until_finished()
-            else:
-                raise ValueError(f"{path}: the reference policy of phase {self.name!r} is missing; "
-                                 "resume in the run's original workdir")
-        self.reference = (tree["params"], tree["biases"])
+        """(params, biases) of the phase start (kl_beta > 0), kept under the workdir."""
+        if self.reference is None:
+            self.reference = reference_policy(self.workdir, self.name, state, step_in_phase)
         return self.reference
 
-
-register_phase_kind("rl", RLPhase)

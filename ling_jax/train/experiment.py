@@ -4,7 +4,7 @@ An experiment is an ml_collections ConfigDict (see experiments/colab_tiny.py):
   model: a model ConfigDict (ling_jax.config), tokenizer: {kind: builtin|hf, ...}, seed,
   optimizer: AdamW fields (ling_jax.train.optimizer), checkpoint: {every_steps, keep, keep_every,
   async_save}, log_every, phase_order: tuple of phase names, phases: {name: phase}.
-A phase: kind (a key of ling_jax.train.phases.PHASE_KINDS), steps or tokens, seq_len, batch_size,
+A phase: kind (a key of ling_jax.train.phase_kinds.KIND_PATHS), steps or tokens, seq_len, batch_size,
   microbatches, data (ling_jax.data mixture), lr (ling_jax.train.schedules), rope {theta, scaling,
   max_position_embeddings}, bias_update_rate, mtp_weight, z_loss, checkpoint_every (0: experiment's).
 Phases are addressed by name so CLI overrides read `--config.phases.pretrain.steps=50`.
@@ -19,6 +19,7 @@ import ml_collections
 from ling_jax.config import ConfigError, validate_model_config
 from ling_jax.data.config import validate_data_config
 from ling_jax.parallel.mesh import mesh_block
+from ling_jax.train.phase_kinds import kind_names, phase_kind
 from ling_jax.train.schedules import make_schedule
 
 PHASE_DEFAULTS: dict[str, Any] = dict(
@@ -63,15 +64,11 @@ def phase_model_config(model_cfg, phase) -> ml_collections.ConfigDict:
 
 
 def _validate_phase(name: str, phase, cfg) -> None:
-    from ling_jax.train.phases import phase_kinds
-
-    kinds = phase_kinds()
-
     where = f"phases.{name}"
     unknown = sorted(set(phase.keys()) - set(PHASE_DEFAULTS) - {"data", "rl"})
     _require(not unknown, where, f"unknown field(s) {unknown}; allowed {sorted(PHASE_DEFAULTS)}")
-    _require(phase.kind in kinds, f"{where}.kind",
-             f"{phase.kind!r} is not one of {sorted(kinds)}")
+    _require(phase.kind in kind_names(), f"{where}.kind",
+             f"{phase.kind!r} is not one of {kind_names()}")
     _require(bool(phase.get("steps", 0)) != bool(phase.get("tokens", 0)), where,
              "set exactly one of `steps` or `tokens` (> 0)")
     for field in ("seq_len", "batch_size", "microbatches"):
@@ -97,7 +94,7 @@ def _validate_phase(name: str, phase, cfg) -> None:
     except ValueError as e:
         raise ExperimentError(f"{where}.data: {e}") from None
     _require(phase.bias_update_rate >= 0, f"{where}.bias_update_rate", "must be >= 0")
-    kinds[phase.kind].validate(name, phase, cfg)
+    phase_kind(phase.kind).validate(name, phase, cfg)
 
 
 def validate_experiment(cfg) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 from ling_jax.interop.model_checkpoint import atomic_output_dir, check_output_dir, write_model_dir
 from ling_jax.train.checkpoint import CheckpointStore
 from ling_jax.train.experiment import phase_names
-from ling_jax.train.loop import init_state
 from ling_jax.train.merge import merge_pytrees, profile_coefficients, uniform_coefficients
 from ling_jax.train.phases import PhaseContext, make_phase_optimizer
+from ling_jax.train.state import init_state, model_state
 
 
 def load_experiment(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -22,14 +22,6 @@ def load_experiment(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise ValueError(f"{path}: not found; --workdir must be a `ling-jax train` run directory")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def model_state(params: dict, biases: dict) -> dict:
-    """Params and expert biases as one nested dict (the layout of a model checkpoint)."""
-    out = dict(params)
-    for key, value in biases.items():
-        out[key] = model_state(params.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def merge_run_checkpoints(workdir: pathlib.Path, *, out: pathlib.Path, steps: list[int] | None,

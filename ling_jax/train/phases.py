@@ -3,8 +3,8 @@
     runner.step(state) -> (state, metrics)       one optimizer step
     runner.data_state() / set_data_state(s)     checkpointable input state (JSON-able)
     runner.close()
-The loop owns ordering, checkpoints, logging and resume; kinds own their data and step. The RL
-phase kind registers itself here from ling_jax.rl without changing the loop.
+The loop owns ordering, checkpoints, logging and resume; kinds own their data and step. Which
+class runs a kind is looked up in train/phase_kinds.py (the RL kind lives in ling_jax.rl).
 """
 
 from __future__ import annotations
@@ -117,18 +117,3 @@ class LMPhase:
 
     def close(self) -> None:
         self.data.close()
-
-
-PHASE_KINDS: dict[str, Any] = {"pretrain": LMPhase, "midtrain": LMPhase}
-
-
-def phase_kinds() -> dict[str, Any]:
-    """Every registered phase kind; imports the RL package so its `rl` kind registers itself."""
-    import ling_jax.rl.phase  # noqa: F401  (registers "rl"; rl/ plugs in without loop changes)
-
-    return PHASE_KINDS
-
-
-def register_phase_kind(name: str, kind: Any) -> None:
-    """Add a phase kind (e.g. `rl`); it must provide validate() and the PhaseRunner interface."""
-    PHASE_KINDS[name] = kind

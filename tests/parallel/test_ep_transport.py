@@ -144,7 +144,7 @@ def test_compute_with_drops_counts_for_ep_backends_only(problem):
     keep = _numpy_keep(idx, 8, 2, 0.6)
     for name, factor, want_dropped in [("ep_all_to_all", 0.6, int((~keep).sum())),
                                        ("ep_all_to_all", 0.0, 0), ("blocked", 0.6, 0)]:
-        fn = jax.jit(functools.partial(ep_transport.compute_with_drops(name), dtype=jnp.float32))
+        fn = jax.jit(functools.partial(expert_compute.compute_with_drops(name), dtype=jnp.float32))
         with jax.set_mesh(mesh), ep_transport.ep_settings(EPSettings(capacity_factor=factor)):
             y, dropped = fn(x, idx, w, weights)
         assert int(dropped) == want_dropped, name

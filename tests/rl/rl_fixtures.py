@@ -51,8 +51,6 @@ def rl_phase_fields(steps: int = 4, objective: str = "lpo", kl_beta: float = 0.0
 
 def rl_experiment(pretrain_steps: int = 2, **rl_kwargs):
     """small_experiment's pretrain, then an rl phase (midtrain dropped to save compiles)."""
-    import ling_jax.rl.phase  # noqa: F401  (registers the rl phase kind)
-
     cfg = small_experiment(pretrain_steps=pretrain_steps, every=100)
     cfg.phases.rl = with_phase_defaults(rl_phase_fields(**rl_kwargs))
     cfg.phase_order = ("pretrain", "rl")

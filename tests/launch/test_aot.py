@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ling_jax.parallel.aot import compile_train_step, topology_devices
-from tests.parallel.aot_small import get_config
+from ling_jax.launch.aot import compile_train_step, topology_devices
+from tests.launch.aot_small import get_config
 
 pytestmark = pytest.mark.tpu_backend
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_cli_json_report():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [sys.executable, "-m", "ling_jax.cli.main", "aot", "--config",
-         "tests/parallel/aot_small.py:ep_all_to_all", "--json"],
+         "tests/launch/aot_small.py:ep_all_to_all", "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout[out.stdout.index("{"):])

@@ -22,8 +22,8 @@ from ling_jax.parallel.pipeline import bubble_fraction
 from ling_jax.parallel.sharding import ShardingPlan, plan_for_experiment
 from ling_jax.train import flops
 from ling_jax.train.experiment import phase_model_config, phase_names
-from ling_jax.train.loop import init_state
 from ling_jax.train.phases import PhaseContext, make_phase_optimizer, phase_graphdef
+from ling_jax.train.state import init_state
 from ling_jax.train.step import StepConfig, train_step
 
 # HBM per JAX device (bytes). TPU7x exposes each chip (192 GB) as two devices.
