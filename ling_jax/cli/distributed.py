@@ -76,3 +76,15 @@ def initialize(args: DistributedArgs) -> bool:
                       num_processes=args.num_processes, process_id=args.process_id)
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for an error raised in a multi-process run, naming the lost process when the
+    runtime's message does (coordination-service task ids are process ids)."""
+    import re
+
+    text = f"{type(error).__name__}: {error}"
+    task = re.search(r"task[:_ /]*(\d+)", text)
+    who = f"process {task.group(1)}" if task else "another process"
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"lost contact with {who} ({first[:200]})"

@@ -7,6 +7,8 @@ line before anything compiles. --workdir may be a gs:// path.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 from absl import flags, logging
@@ -25,6 +27,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "--num_processes and --process_id; none: auto-detect on TPU)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's id (0..N-1)")
+_PROFILE_STEPS = flags.DEFINE_string("profile_steps", None,
+                                     "A:B: JAX profiler trace of global steps A..B under "
+                                     "WORKDIR/profile/host_<i> (TensorBoard / XProf)")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 60,
                                   "multi-process: a process silent this long is declared lost and "
                                   "every other process exits non-zero")
@@ -85,6 +90,13 @@ def _sample(result, cfg, max_new: int) -> str:
     return prompt + tok.decode(ids)
 
 
+# Exit codes a scheduler can act on (README "Exit codes").
+EXIT_PREEMPTED = 75  # SIGTERM: checkpoint saved; rerun the same command to resume (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C: checkpoint saved; rerun to resume
+EXIT_NONFINITE = 3  # non-finite steps in a row: nothing bad saved; lower the lr or fix the data
+EXIT_LOST_PROCESS = 4  # multi-process: a process was lost; rerun the same command to resume
+
+
 @user_errors_exit
 def main(argv) -> None:
     if len(argv) > 1:
@@ -93,23 +105,65 @@ def main(argv) -> None:
     if cfg is None:
         raise ValueError("--config is required, e.g. --config experiments/colab_tiny.py")
     from ling_jax.cli import distributed
+    from ling_jax.train.profiling import parse_profile_steps
 
+    profile_steps = parse_profile_steps(_PROFILE_STEPS.value)
     # Before anything touches a device (and after ling-jax's one allocator re-exec).
-    distributed.initialize(distributed.DistributedArgs(
+    multi = distributed.initialize(distributed.DistributedArgs(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value))
+    import jax
+
     from ling_jax.train.experiment import validate_experiment
     from ling_jax.train.loop import run_experiment
+    from ling_jax.train.run_control import NonFiniteError
 
     validate_experiment(cfg)  # before anything is built or compiled
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    reporter = ProgressReporter()
+    primary = jax.process_index() == 0
+    reporter = ProgressReporter() if primary else None
     try:
-        result = run_experiment(cfg, _WORKDIR.value, reporter=reporter, max_steps=_MAX_STEPS.value)
+        result = run_experiment(cfg, _WORKDIR.value, reporter=reporter,
+                                max_steps=_MAX_STEPS.value, profile_steps=profile_steps)
+    except NonFiniteError as e:
+        _exit(f"ling-jax: error: {e}", EXIT_NONFINITE, multi)
+    except Exception as e:  # noqa: BLE001  (multi-process: a lost peer surfaces here)
+        if not multi or isinstance(e, ValueError):
+            raise
+        _exit(f"ling-jax: error: {distributed.describe_failure(e)}; rerun the same command on "
+              "every process to resume from the last checkpoint", EXIT_LOST_PROCESS, multi)
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
+    sample = None
+    if _SAMPLE_TOKENS.value and result.stop_reason == "finished":
+        sample = _sample(result, cfg, _SAMPLE_TOKENS.value)  # every process: a collective
+    if primary:
+        _summary(result, reporter, sample)
+    code = {"preempted": EXIT_PREEMPTED, "interrupted": EXIT_INTERRUPTED}.get(result.stop_reason)
+    if code:
+        _exit(None, code, multi)
+
+
+def _exit(message: str | None, code: int, multi: bool) -> None:
+    """Print one line and exit with `code`; a multi-process run skips JAX's exit handlers, whose
+    distributed shutdown aborts when a peer is gone."""
+    if message:
+        print(message, file=sys.stderr)
+    if multi:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _summary(result, reporter: ProgressReporter, sample: str | None) -> None:
     m = result.final_metrics
-    status = "preempted (checkpoint saved)" if result.preempted else "finished"
+    status = {"preempted": "preempted (checkpoint saved; rerun to resume)",
+              "interrupted": "interrupted (checkpoint saved; rerun to resume)",
+              "max_steps": "stopped at --max_steps (checkpoint saved)"}.get(result.stop_reason,
+                                                                          "finished")
     print(f"\n{status} at step {result.global_step} in {time.time() - reporter.t0:.0f} s")
+    print(f"time: {result.time_split}")
     lm = m if m and "lm_loss" in m else reporter.last_lm  # an rl phase's loss is no LM loss
     if lm:
         print(f"final loss {lm['loss']:.4f} (lm {lm['lm_loss']:.4f}, "
@@ -127,5 +181,5 @@ def main(argv) -> None:
               f"{result.final_model} --out DIR)")
     for plot in result.plots:
         print(f"plot: {plot}")
-    if _SAMPLE_TOKENS.value and not result.preempted:
-        print("sample:\n" + _sample(result, cfg, _SAMPLE_TOKENS.value))
+    if sample is not None:
+        print("sample:\n" + sample)

@@ -148,13 +148,15 @@ def named_phases(*named: tuple[str, dict]) -> tuple[tuple[str, ...], ml_collecti
 
 def experiment(model, *, tokenizer: dict, phases: list, checkpoint, seed: int = 0,
                log_every: int = 1, sample_prompt: str = "",
-               fp8_monitor_every: int = 0) -> ml_collections.ConfigDict:
+               fp8_monitor_every: int = 0, nonfinite_limit: int = 3) -> ml_collections.ConfigDict:
+    """An experiment config. nonfinite_limit: non-finite steps in a row (each skipped) after which
+    the run stops with an error (0: never)."""
     order, phase_dict = named_phases(*phases)
     return ml_collections.ConfigDict(dict(
         model=model, tokenizer=ml_collections.ConfigDict(tokenizer), seed=seed,
         optimizer=paper_optimizer(), checkpoint=checkpoint, log_every=log_every,
         phase_order=order, phases=phase_dict, sample_prompt=sample_prompt,
-        fp8_monitor_every=fp8_monitor_every,
+        fp8_monitor_every=fp8_monitor_every, nonfinite_limit=nonfinite_limit,
         mesh=mesh_block()))  # one device; every field present so --config.mesh.X=... works
 
 

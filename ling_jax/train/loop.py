@@ -16,26 +16,28 @@ resume), train/phase_switch.py (phase table, mesh, the runner of each phase), tr
 from __future__ import annotations
 
 import dataclasses
-import signal
 import time
 from typing import Any
 
 import jax
+from absl import logging
 from etils import epath
 
 from ling_jax.parallel.sharding import ShardingPlan
 from ling_jax.paths import absolute
-from ling_jax.train import flops, phase_switch, reporting, resume
+from ling_jax.train import flops, phase_switch, reporting, resume, run_control
 from ling_jax.train.experiment import validate_experiment
 from ling_jax.train.export import export_final_model
 from ling_jax.train.fp8_monitor import make_fp8_monitor, monitor_due
-from ling_jax.train.metrics_log import MetricsLog
+from ling_jax.train.metrics_log import MetricsLog, is_local
 from ling_jax.train.phase_switch import PhaseTable, mesh_description, phases_to_run
 from ling_jax.train.phases import PhaseContext, make_phase_optimizer
+from ling_jax.train.profiling import StepProfiler
 from ling_jax.train.reporting import Reporter
 from ling_jax.train.resume import Position
-from ling_jax.train.state import init_state
+from ling_jax.train.state import all_finite, init_state
 from ling_jax.train.tokenizer_setup import build_tokenizer
+from ling_jax.train.workdir_lock import WorkdirLock
 
 __all__ = ["Reporter", "RunResult", "export_final_model", "init_state", "mesh_description",
            "phases_to_run", "run_experiment"]
@@ -53,28 +55,8 @@ class RunResult:
     tokenizer: Any
     final_model: epath.Path | None = None  # model checkpoint of the final state
     plan: ShardingPlan | None = None  # the mesh and shardings the run used (None: one device)
-
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves a checkpoint and returns at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+    stop_reason: str = run_control.FINISHED  # finished | max_steps | preempted | interrupted
+    time_split: str = ""  # goodput: steps / data / checkpoints / other, as text
 
 
 class _Run:
@@ -110,6 +92,11 @@ class _Run:
         self.tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, workdir)
         self.plots: list[epath.Path] = []
         self.last: dict = {}
+        self.saved = self.resume  # the newest checkpoint step (None: none yet)
+        self.guard = run_control.NonFiniteGuard(int(cfg.get("nonfinite_limit", 3)))
+        self.time_split = run_control.TimeSplit()
+        self.stop_reason = run_control.FINISHED
+        self.profiler = StepProfiler(None, workdir / "profile")
 
     @property
     def abstract(self):
@@ -123,14 +110,23 @@ class _Run:
         return resume.initial_state(self.cfg, self.optimizer, self.store, self.resume, self.plan,
                                     lambda: self.abstract, self.table.starts)
 
+    def _save(self, state, pos: Position, runner, done: bool, log) -> None:
+        """Checkpoint, unless the state is not finite (then stop: nothing bad is ever saved)."""
+        if not all_finite(state):
+            raise run_control.NonFiniteError(
+                f"step {pos.global_step}: the train state holds non-finite values and was not "
+                f"saved; the last checkpoint is step {self.saved}")
+        resume.save(self.store, state, pos, self.table.names, runner, done, log)
+        self.saved = pos.global_step
+
     def run_phase(self, state, pos: Position, log, peak: float,
-                  preemption: _Preemption) -> tuple[dict, bool]:
+                  requests: run_control.StopRequests) -> tuple[dict, bool]:
         """Steps of the current phase from pos; returns (state, stopped early)."""
         cfg, table = self.cfg, self.table
         name = table.names[pos.phase_index]
         phase = cfg.phases[name]
         runner = phase_switch.start_phase(cfg, table, pos, self.tokenizer, self.shard_fn,
-                                          self.workdir, log)
+                                          self.workdir, log, self.plan)
         step_flops = flops.training_flops_per_step(runner.model_cfg, phase.seq_len,
                                                    phase.seq_len * phase.batch_size)
         every = phase.checkpoint_every or cfg.checkpoint.every_steps
@@ -139,27 +135,38 @@ class _Run:
         monitor = make_fp8_monitor(runner.model_cfg) if monitor_every else None
         stopped = self.max_steps is not None and pos.global_step >= self.max_steps
         while pos.step_in_phase < length and not stopped:
+            self.profiler.before(pos.global_step + 1)
             t0 = time.perf_counter()
             state, metrics = runner.step(state)
             metrics = reporting.host_values(metrics)
             seconds = time.perf_counter() - t0
             pos.step_in_phase += 1
             pos.global_step += 1
+            self.profiler.after(pos.global_step)
             self.last = reporting.step_record(name, pos, metrics, seconds, step_flops, peak)
+            data_wait = getattr(runner, "data_seconds", 0.0)
+            self.last.update(time_data=data_wait, time_step=seconds - data_wait)
+            self.guard.check(self.last, self.saved)
             if monitor and getattr(runner, "last_batch", None) is not None and monitor_due(
                     pos.global_step, monitor_every):
                 # Two rows suffice for statistics; the monitor runs the layers unrolled.
                 rows = jax.tree.map(lambda x: x[:2], runner.last_batch)
                 self.last.update(monitor(state["params"], state["biases"], rows))
+            done = pos.step_in_phase == length
+            self.stop_reason = requests.agreed() or self.stop_reason
+            at_max = self.max_steps is not None and pos.global_step >= self.max_steps
+            stop = at_max or requests.reason is not None
+            if stop or done or (every and pos.global_step % every == 0):
+                t1 = time.perf_counter()
+                self._save(state, pos, runner, done, log)
+                self.last["time_checkpoint"] = time.perf_counter() - t1
+            self.time_split.add(self.last)
             log.write(self.last)
             self.reporter.on_step(self.last, {"total_steps": table.starts[-1],
                                               "phase_steps": length})
-            done = pos.step_in_phase == length
-            stop = preemption.requested or (self.max_steps is not None
-                                            and pos.global_step >= self.max_steps)
-            if stop or done or (every and pos.global_step % every == 0):
-                resume.save(self.store, state, pos, table.names, runner, done, log)
             stopped = stop and not (done and last_phase)
+            if stopped and requests.reason is None:
+                self.stop_reason = run_control.MAX_STEPS
         runner.close()
         if pos.step_in_phase == length:
             reporting.plot_phase_end(runner, name, log, self.workdir, self.plots, self.primary,
@@ -169,16 +176,35 @@ class _Run:
 
 
 def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=None,
-                   max_steps: int | None = None) -> RunResult:
+                   max_steps: int | None = None,
+                   profile_steps: tuple[int, int] | None = None) -> RunResult:
     """Run (or resume) every phase of `cfg` in `workdir` (local or gs://); `max_steps` stops early.
 
     With a `mesh` block of more than one device (and no `shard_fn`), the state is created or
     restored sharded on that mesh and every step runs jitted with its shardings. Config and mesh
-    errors are raised before anything compiles.
+    errors are raised before anything compiles. One run per workdir: process 0 holds a lock file
+    in a local workdir while it runs. `profile_steps` (A, B): a profiler trace of global steps
+    A..B under WORKDIR/profile/host_<i>.
     """
     validate_experiment(cfg)
     workdir = absolute(workdir)  # relative workdirs resolve against the cwd, once
+    lock = None
+    if jax.process_index() == 0 and is_local(workdir):
+        lock = WorkdirLock(workdir).acquire()  # before anything is written in it
+        if lock.stale_owner:
+            logging.warning("took over the stale lock of %s (that process is gone)",
+                            lock.stale_owner)
+    try:
+        return _run(cfg, workdir, reporter, shard_fn, max_steps, profile_steps)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg, workdir: epath.Path, reporter, shard_fn, max_steps, profile_steps) -> RunResult:
+    t_start = time.perf_counter()
     run = _Run(cfg, workdir, reporter or reporting.Silent(), shard_fn, max_steps)
+    run.profiler = StepProfiler(profile_steps, workdir / "profile")
     state, pos = run.initial_state()
     peak, peak_source = reporting.peak_flops()
     log = MetricsLog(workdir, resume_step=pos.global_step) if run.primary else reporting.NoLog()
@@ -187,15 +213,21 @@ def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=N
                            "peak_source": peak_source, "workdir": str(workdir),
                            "mesh": mesh_description(run.plan)})
     stopped = False
-    with _Preemption() as preemption:
-        while pos.phase_index < len(run.table.names) and not stopped:
-            state, stopped = run.run_phase(state, pos, log, peak, preemption)
-    run.store.wait()
-    run.store.close()
-    log.close()
+    try:
+        with run_control.StopRequests() as requests:
+            while pos.phase_index < len(run.table.names) and not stopped:
+                state, stopped = run.run_phase(state, pos, log, peak, requests)
+    finally:
+        run.profiler.stop()
+        run.store.wait()
+        run.store.close()
+        log.close()
     final_model = None
-    if (not stopped and cfg.checkpoint.get("export_final_model", True) and run.primary
-            and jax.process_count() == 1):  # multi-host: convert a checkpoint afterwards
+    if not stopped and cfg.checkpoint.get("export_final_model", True):
+        # Every process writes its shards; process 0 the config and tokenizer.
         final_model = export_final_model(workdir / "final_model", state, cfg.model, run.tokenizer)
-    return RunResult(workdir, pos.global_step, stopped, run.last, run.plots,
-                     workdir / "checkpoints", state, run.tokenizer, final_model, run.plan)
+    split = run.time_split.summary(time.perf_counter() - t_start)
+    return RunResult(workdir, pos.global_step, run.stop_reason == run_control.PREEMPTED,
+                     run.last, run.plots, workdir / "checkpoints", state, run.tokenizer,
+                     final_model, run.plan, run.stop_reason if stopped else run_control.FINISHED,
+                     split)

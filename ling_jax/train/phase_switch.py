@@ -75,14 +75,17 @@ def mesh_description(plan: ShardingPlan | None) -> str:
     return (axes or "1 device") + rules
 
 
-def start_phase(cfg, table: PhaseTable, pos, tokenizer, shard_fn, workdir: epath.Path, log):
-    """The runner of the phase at pos (built by its kind), resumed at pos's data state."""
+def start_phase(cfg, table: PhaseTable, pos, tokenizer, shard_fn, workdir: epath.Path, log,
+                plan: ShardingPlan | None = None):
+    """The runner of the phase at pos (built by its kind), resumed at pos's data state; under a
+    plan, each process reads the batch rows its devices hold."""
     name = table.names[pos.phase_index]
     phase = cfg.phases[name]
     # Phase kinds write with pathlib: a gs:// run gives them the log's local directory.
     local = pathlib.Path(os.fspath(workdir)) if is_local(workdir) else log.local_dir
     ctx = PhaseContext(cfg, tokenizer, pos.phase_index, table.starts[pos.phase_index],
-                       jax.process_index(), jax.process_count(), shard_fn, local)
+                       jax.process_index(), jax.process_count(), shard_fn, local,
+                       plan.local_rows if plan is not None else None)
     runner = phase_kind(phase.kind)(ctx, name, phase)
     if pos.data_state is not None and pos.step_in_phase > 0:
         runner.set_data_state(pos.data_state)

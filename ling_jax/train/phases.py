@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import time
 import zlib
 from typing import Any, Protocol
 
@@ -106,7 +107,9 @@ class LMPhase:
         self.last_batch: dict | None = None
 
     def step(self, state: dict) -> tuple[dict, dict]:
+        t0 = time.perf_counter()
         self.last_batch = next(self.data)
+        self.data_seconds = time.perf_counter() - t0  # the loop's goodput split reads it
         return self._step(state, self.last_batch)
 
     def data_state(self) -> dict | None:

@@ -15,7 +15,9 @@ import jax
 from etils import epath
 from jax.sharding import SingleDeviceSharding
 
+from ling_jax.data.pipeline import merge_data_states
 from ling_jax.parallel.sharding import ShardingPlan, with_shardings
+from ling_jax.train import multihost
 from ling_jax.train.checkpoint import CheckpointStore
 from ling_jax.train.state import init_state
 
@@ -82,6 +84,15 @@ def save(store: CheckpointStore, state, pos: Position, names: list[str], runner,
     """Checkpoint `state` at pos (a finished phase resumes at the next one) and sync the log."""
     meta = {"phase_index": pos.phase_index + phase_done, "phase": names[pos.phase_index],
             "step_in_phase": 0 if phase_done else pos.step_in_phase}
-    data = None if phase_done else runner.data_state()
+    data = None if phase_done else gathered_data_state(runner.data_state())
     store.save(pos.global_step, state, meta, data, force=True)
     log.sync()
+
+
+def gathered_data_state(state: dict | None) -> dict | None:
+    """The data state of every process in one (each reads its own rows; the checkpoint keeps the
+    union so that any process count resumes from it). One process: `state` itself."""
+    states = multihost.gather_json(state)
+    if all(s == states[0] for s in states):  # e.g. the rl kind's counters: the same everywhere
+        return states[0]
+    return merge_data_states(states)

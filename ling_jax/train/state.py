@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -24,3 +26,17 @@ def model_state(params: dict, biases: dict) -> dict:
     for key, value in biases.items():
         out[key] = model_state(params.get(key, {}), value) if isinstance(value, dict) else value
     return out
+
+
+@jax.jit
+def _finite(tree) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def all_finite(state: dict) -> bool:
+    """Whether every float in params, expert biases and optimizer state is finite (one reduction
+    on device; read from this process's copy of the replicated answer)."""
+    ok = _finite({k: state[k] for k in ("params", "biases", "opt_state") if k in state})
+    return bool(np.asarray(ok.addressable_data(0)))
