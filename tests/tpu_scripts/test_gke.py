@@ -142,3 +142,21 @@ def test_runs_as_a_script():
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["metadata"]["name"] == "ling-1t"
+
+
+def _readme_pod_commands() -> list[list[str]]:
+    section = (REPO / "README.md").read_text().split("## Run on a pod", 1)[1]
+    text = section.replace("\\\n", " ")
+    return [shlex.split(line)[2:] for line in text.splitlines()
+            if line.startswith("python tpu_scripts/gke.py ")]
+
+
+def test_readme_pod_commands_run_as_dry_runs(capsys):
+    commands = _readme_pod_commands()
+    assert [c[0] for c in commands] == ["image", "create", "apply", "manifest", "logs", "delete",
+                                        "apply"]
+    for argv in commands:
+        if "--dry_run" not in argv:  # `manifest` only prints
+            argv = [*argv[:argv.index("--")], "--dry_run", *argv[argv.index("--"):]]
+        rc, out, err = _run(capsys, *argv)
+        assert rc == 0 and out, (argv, err)
