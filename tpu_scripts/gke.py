@@ -110,6 +110,8 @@ def launch_for(a) -> Launch:
                          "starting with a letter (it names pods and their DNS hostnames)")
     if not a.workdir.startswith("gs://"):
         raise ValueError(f"--workdir {a.workdir!r}: use a gs:// path shared by all hosts")
+    if a.max_restarts < 0 or a.grace_seconds < 0:
+        raise ValueError("--max_restarts and --grace_seconds must be >= 0")
     slices, cfg = slices_for(a)
     mesh = check_mesh(cfg, slices)
     print(f"# {slices.name} × {slices.num_slices} slice(s): {slices.hosts} host(s) per slice, "
