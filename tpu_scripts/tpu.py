@@ -8,9 +8,10 @@
     python tpu_scripts/tpu.py logs | stop | delete  --name ling --zone us-east5-a --queued
 Add --dry-run to print the gcloud commands instead of running them. `--queued` uses a queued
 resource (the recommended way; required for --num-slices > 1); without it a TPU VM is created
-directly. Every host runs tpu_scripts/multihost_train.py, which calls jax.distributed.initialize()
-(coordinator and process ids come from the TPU metadata) and then `ling-jax train`; each process
-reads its own slice of the data and orbax writes checkpoints to the gs:// workdir.
+directly. Every host runs `ling-jax train` (as `python3 -m ling_jax.cli.main train`), which calls
+jax.distributed.initialize() with no coordinator flags: the coordinator and the process ids come
+from the TPU metadata. Each process reads its own slice of the data and orbax writes checkpoints
+to the gs:// workdir. TPU7x and GKE clusters: tpu_scripts/gke.py.
 Only the standard library is used here, so the script runs on any machine with gcloud.
 """
 
@@ -22,12 +23,15 @@ import shlex
 import subprocess
 import sys
 
+from steps import Step, run_steps
+
 # Cloud TPU API runtime images (cloud.google.com/tpu/docs/runtimes).
 RUNTIMES = {"v6e": "v2-alpha-tpuv6e", "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite",
             "v5e": "v2-alpha-tpuv5-lite", "v4": "tpu-ubuntu2204-base"}
 REMOTE_DIR = "~/ling-jax"
 TARBALL = "/tmp/ling-jax-src.tar.gz"
 LOG = "~/ling-jax-train.log"
+TRAIN = "python3 -m ling_jax.cli.main train"  # PATH-independent `ling-jax train`
 
 
 def runtime_for(accelerator: str) -> str:
@@ -37,9 +41,9 @@ def runtime_for(accelerator: str) -> str:
         raise ValueError(f"--accelerator {accelerator!r}: expected TYPE-CORES, e.g. v5p-1024")
     generation = match.group(1)
     if generation.startswith("tpu7"):
-        raise ValueError("--accelerator: TPU7x is not served by the Cloud TPU VM API that these "
-                         "scripts drive; create it through GKE (e.g. xpk) and run "
-                         "tpu_scripts/multihost_train.py on each host")
+        raise ValueError("--accelerator: TPU7x is not served by the Cloud TPU VM API that this "
+                         "script drives; use the GKE path: python tpu_scripts/gke.py create|apply "
+                         "--config EXPERIMENT:tpu7x ... (tpu_scripts/README.md)")
     if generation not in RUNTIMES:
         raise ValueError(f"--accelerator {accelerator!r}: unknown generation {generation!r}; "
                          f"known: {sorted(RUNTIMES)}")
@@ -95,8 +99,7 @@ def train_commands(a) -> list[list[str]]:
         raise ValueError(f"--workdir {a.workdir!r}: use a gs:// path shared by all hosts")
     flags = " ".join(shlex.quote(f) for f in [f"--config={a.config}", f"--workdir={a.workdir}",
                                               *a.extra])
-    run = (f"cd {REMOTE_DIR} && export JAX_PLATFORMS=tpu && nohup python3 "
-           f"tpu_scripts/multihost_train.py {flags} > {LOG} 2>&1 &")
+    run = (f"cd {REMOTE_DIR} && export JAX_PLATFORMS=tpu && nohup {TRAIN} {flags} > {LOG} 2>&1 &")
     return [_ssh(a, run)]
 
 
@@ -106,7 +109,8 @@ def logs_commands(a) -> list[list[str]]:
 
 def stop_commands(a) -> list[list[str]]:
     # SIGTERM: the train loop saves a checkpoint at the next step boundary and exits.
-    return [_ssh(a, "pkill -TERM -f tpu_scripts/multihost_train.py || true")]
+    # '[p]ython3 ...' matches the trainer but not the shell that runs this pkill.
+    return [_ssh(a, f"pkill -TERM -f '[{TRAIN[0]}]{TRAIN[1:]}' || true")]
 
 
 def delete_commands(a) -> list[list[str]]:
@@ -133,7 +137,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--spot", action="store_true")
     p.add_argument("--config", default="", help="experiment file for `train`")
     p.add_argument("--workdir", default="", help="gs:// run directory for `train`")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--dry-run", "--dry_run", action="store_true",
+                   help="print the commands, run nothing")
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[:len(argv) - len(extra) - (1 if "--" in argv else 0)])
     args.extra = extra  # after --: more `ling-jax train` flags
@@ -147,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"tpu.py: error: {e}", file=sys.stderr)
         return 2
-    for cmd in commands:
-        print(shlex.join(cmd), flush=True)
-        if not a.dry_run:
-            subprocess.run(cmd, check=True)
+    try:
+        run_steps([Step(cmd) for cmd in commands], dry_run=a.dry_run)
+    except subprocess.CalledProcessError as e:
+        print(f"tpu.py: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

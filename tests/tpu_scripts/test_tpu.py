@@ -1,6 +1,8 @@
 """tpu_scripts/tpu.py builds the right gcloud commands (checked through --dry-run)."""
 
 import pathlib
+import re
+import shlex
 import subprocess
 import sys
 
@@ -28,8 +30,17 @@ def test_queued_multislice_create_and_train_on_every_host():
     rc, out, _ = _dry("train", *BASE, "--queued", "--config", "experiments/x.py", "--workdir",
                       "gs://b/run", "--", "--config.phases.pretrain.steps=10")
     assert rc == 0 and "--worker=all --node=all" in out
-    assert "tpu_scripts/multihost_train.py --config=experiments/x.py --workdir=gs://b/run " \
-           "--config.phases.pretrain.steps=10" in out
+    # `ling-jax train` itself on every host: jax.distributed finds the coordinator on Cloud TPU.
+    assert "nohup python3 -m ling_jax.cli.main train --config=experiments/x.py " \
+           "--workdir=gs://b/run --config.phases.pretrain.steps=10 >" in out
+
+
+def test_stop_signals_the_trainer_but_not_its_own_shell():
+    rc, out, _ = _dry("stop", *BASE[:-1], "--dry_run")  # the underscore spelling works too
+    assert rc == 0 and "pkill -TERM -f" in out
+    pattern = shlex.split(shlex.split(out)[-1].split("=", 1)[1])[3]
+    assert re.search(pattern, "python3 -m ling_jax.cli.main train --config=e.py")
+    assert not re.search(pattern, f"bash -c pkill -TERM -f '{pattern}' || true")
 
 
 def test_tpu_vm_install_copies_the_source_and_installs_everywhere():
@@ -43,7 +54,7 @@ def test_tpu_vm_install_copies_the_source_and_installs_everywhere():
 @pytest.mark.parametrize("args, message", [
     (("train", "--config", "e.py", "--workdir", "/tmp/run"), "use a gs:// path"),
     (("create", "--accelerator", "v5p1024"), "expected TYPE-CORES"),
-    (("create", "--accelerator", "tpu7x-128"), "TPU7x is not served"),
+    (("create", "--accelerator", "tpu7x-128"), "use the GKE path: python tpu_scripts/gke.py"),
     (("create", "--accelerator", "v5p-64", "--num-slices", "2"), "needs --queued"),
 ])
 def test_bad_requests_are_one_clear_line(args, message):
