@@ -92,13 +92,13 @@ def manifest(launch: Launch) -> str:
 
 def xpk_workload_argv(launch: Launch, cluster: str, where: list[str]) -> list[str]:
     """`xpk workload create` for the same run: xpk writes an equivalent JobSet (and its MEGASCALE
-    variables); exit code 1 (a Python error, e.g. a lost peer) is made restartable like the
-    manifest's, since xpk restarts only on 42 and 127-255 by default."""
+    variables); ling-jax train's resumable exit codes (4: a process was lost, 75: preempted, after
+    its checkpoint) are made restartable, since xpk restarts only on 42 and 127-255 by default."""
     s = launch.slices
     return ["xpk", "workload", "create", f"--cluster={cluster}", f"--workload={launch.name}",
             f"--tpu-type={s.xpk_type}", f"--num-slices={s.num_slices}",
             f"--docker-image={launch.image}", f"--command={shlex.join(train_argv(launch))}",
-            f"--max-restarts={launch.max_restarts}", "--restart-on-exit-codes=1",
+            f"--max-restarts={launch.max_restarts}", "--restart-on-exit-codes=4,75",
             f"--termination-grace-period-seconds={launch.grace_seconds}", *where]
 
 

@@ -14,6 +14,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
+from ling_jax.cli import distributed
 from ling_jax.cli.errors import user_errors_exit
 from ling_jax.cli.path_flags import DEFINE_path
 
@@ -94,7 +95,7 @@ def _sample(result, cfg, max_new: int) -> str:
 EXIT_PREEMPTED = 75  # SIGTERM: checkpoint saved; rerun the same command to resume (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # Ctrl-C: checkpoint saved; rerun to resume
 EXIT_NONFINITE = 3  # non-finite steps in a row: nothing bad saved; lower the lr or fix the data
-EXIT_LOST_PROCESS = 4  # multi-process: a process was lost; rerun the same command to resume
+EXIT_LOST_PROCESS = distributed.EXIT_LOST_PROCESS  # a process was lost; rerun to resume
 
 
 @user_errors_exit
@@ -104,7 +105,6 @@ def main(argv) -> None:
     cfg = _CONFIG.value
     if cfg is None:
         raise ValueError("--config is required, e.g. --config experiments/colab_tiny.py")
-    from ling_jax.cli import distributed
     from ling_jax.train.profiling import parse_profile_steps
 
     profile_steps = parse_profile_steps(_PROFILE_STEPS.value)
