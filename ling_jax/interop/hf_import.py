@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from ling_jax.config import ConfigError, from_hf_config, validate_model_config
+from ling_jax.config.budget import check_fits_in_memory
 from ling_jax.interop import fp8
 from ling_jax.interop.keymap import hf_shapes, tensor_maps, to_ours
 from ling_jax.interop.safetensors_io import FLOAT_NAMES, SafetensorsError, SafetensorsFile
@@ -37,6 +38,7 @@ def read_config(hf_dir: str | pathlib.Path, **runtime):
     try:
         cfg = from_hf_config(raw, **runtime)
         validate_model_config(cfg)
+        check_fits_in_memory(cfg)  # before any key list or array is built
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     return cfg

@@ -26,14 +26,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ling_jax.orbax_errors import error_cause
 from ling_jax.paths import absolute
 from ling_jax.train.checkpoint_json import _from_json, _to_json
-from ling_jax.train.checkpoint_manifest import (
-    CheckpointCorruptError,
-    error_cause,
-    find_problem,
-    write_manifest,
-)
+from ling_jax.train.checkpoint_manifest import CheckpointCorruptError, find_problem, write_manifest
 
 __all__ = ["CheckpointCorruptError", "CheckpointStore"]
 
