@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import re
 import sys
 from collections.abc import Callable
 
@@ -26,8 +27,10 @@ _HINTS = {
     errno.ENAMETOOLONG: "choose a shorter path",
 }
 # The same failures when a library (tensorstore) reports them only as text.
-_MARKERS = ("No space left on device", "Read-only file system", "Permission denied",
-            "Disk quota exceeded", "Not a directory")
+_MARKER_ERRNO = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+                 "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT,
+                 "Not a directory": errno.ENOTDIR}
+_MARKERS = tuple(_MARKER_ERRNO)
 
 
 def _chain(e: BaseException) -> list[BaseException]:
@@ -45,8 +48,14 @@ def path_error_line(e: BaseException) -> str | None:
             paths = [p for p in (err.filename, err.filename2) if p is not None]
             where = " -> ".join(str(p) for p in paths) if paths else "a file being written"
             return f"{where}: {err.strerror or err}; {_HINTS[err.errno]}"
-    text = error_cause(e, limit=400)
-    return text if any(m in text for m in _MARKERS) else None
+    text = error_cause(e, limit=100_000)
+    marker = next((m for m in _MARKERS if m in text), None)
+    if marker is None:
+        return None
+    # tensorstore: '... Failed writing: "/path/to/file": ... No space left on device [...]'
+    paths = re.findall(r'"(/[^"]+)"', text)
+    where = paths[-1] if paths else "a file being written"
+    return f"{where}: {marker}; {_HINTS[_MARKER_ERRNO[marker]]}"
 
 
 def user_errors_exit(fn: Callable) -> Callable:
@@ -57,7 +66,7 @@ def user_errors_exit(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            print(f"ling-jax: error: {e}", file=sys.stderr)
+            print(f"ling-jax: error: {path_error_line(e) or e}", file=sys.stderr)
             sys.exit(1)
         except Exception as e:
             line = path_error_line(e)
