@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ling_jax.orbax_errors import error_cause
-from ling_jax.paths import absolute
+from ling_jax.paths import absolute, is_url
 from ling_jax.train.checkpoint_json import _from_json, _to_json
 from ling_jax.train.checkpoint_manifest import CheckpointCorruptError, find_problem, write_manifest
 
@@ -126,7 +126,7 @@ class CheckpointStore:
                 if not ocp.step.is_path_finalized(step_dir):
                     continue
                 if jax.process_index() == 0 and step_dir.is_dir():
-                    write_manifest(step_dir)
+                    write_manifest(step_dir, hashes=not is_url(self.directory))
                 self._unsealed.discard(step)
 
     def _seal_quietly(self) -> None:

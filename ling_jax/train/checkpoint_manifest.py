@@ -48,9 +48,13 @@ def _relative(path: epath.Path, root: epath.Path) -> str:
     return str(path)[len(str(root)) :].lstrip("/")
 
 
-def write_manifest(step_dir: epath.Path) -> None:
-    """Record size and CRC-32 of each file of a committed step (atomic: temp file + rename)."""
-    files = {_relative(p, step_dir): [p.stat().length, _crc32(p)] for p in _files(step_dir)}
+def write_manifest(step_dir: epath.Path, *, hashes: bool = True) -> None:
+    """Record size and CRC-32 of each file of a committed step (atomic: temp file + rename).
+
+    `hashes=False` records sizes only (buckets: hashing would read the whole step back)."""
+    files = {
+        _relative(p, step_dir): [p.stat().length, _crc32(p) if hashes else None] for p in _files(step_dir)
+    }
     tmp = step_dir / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=0, sort_keys=True))
     tmp.rename(step_dir / MANIFEST)
@@ -96,6 +100,6 @@ def find_problem(step_dir: epath.Path, *, hashes: bool = True) -> str | None:
         have = path.stat().length
         if have != size:
             return f"'{name}' has {have} bytes, {size} were saved"
-        if hashes and _crc32(path) != crc:
+        if hashes and crc is not None and _crc32(path) != crc:
             return f"'{name}' has changed since it was saved (CRC-32 mismatch)"
     return _structure_problem(step_dir)

@@ -1,5 +1,6 @@
 """Sizes bounded before anything is allocated: parameter bytes computed from the config, lengths
-against max_position_embeddings, max_new_tokens; one line each."""
+against max_position_embeddings, max_new_tokens; one line each. (New APIs are imported inside the
+tests, so that each test fails on its own against code that lacks them.)"""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from ling_jax.cli.generate import check_lengths
 from ling_jax.config import presets
-from ling_jax.config.budget import check_fits_in_memory, check_length, parameter_count
 from ling_jax.data.tokenizers import train_bpe
 from ling_jax.interop.model_checkpoint import MODEL_CONFIG_FILE, config_to_json
 from ling_jax.model.param_count import count_params
@@ -24,6 +23,8 @@ from tests.rl.rl_fixtures import small_model_config
 @pytest.mark.parametrize("name", ["tiny", "bench_mini", "ling_mini_2", "ling_flash_2"])
 def test_parameter_count_from_numbers_matches_the_model(name):
     """A lower bound within 0.1% of the abstract model's count (norm scales left out)."""
+    from ling_jax.config.budget import parameter_count
+
     cfg = presets.get_preset(name)
     counts = count_params(cfg)
     reference = counts.total + counts.mtp_total
@@ -32,6 +33,8 @@ def test_parameter_count_from_numbers_matches_the_model(name):
 
 
 def test_memory_check_is_exact_at_the_boundary():
+    from ling_jax.config.budget import check_fits_in_memory, parameter_count
+
     cfg = presets.get_preset("tiny")
     nbytes = parameter_count(cfg) * np.dtype(cfg.param_dtype).itemsize
     check_fits_in_memory(cfg, memory=nbytes)
@@ -41,6 +44,9 @@ def test_memory_check_is_exact_at_the_boundary():
 
 
 def test_lengths_beyond_positions_are_refused():
+    from ling_jax.cli.generate import check_lengths
+    from ling_jax.config.budget import check_length
+
     cfg = small_model_config()
     limit = cfg.max_position_embeddings
     check_length(cfg, limit)

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from ling_jax.train.checkpoint import CheckpointCorruptError, CheckpointStore
+import ling_jax.train.checkpoint as checkpoint_module
+from ling_jax.train.checkpoint import CheckpointStore
 from tests.reliability.hostile import (
     assert_message_one_line,
     flip_bytes,
@@ -18,6 +19,12 @@ from tests.reliability.hostile import (
 from tests.train.test_checkpoint import abstract_of, assert_bitwise_equal, make_state
 
 MANIFEST = "ling_manifest.json"
+
+
+def _corrupt_error() -> type:
+    """The store's one-line error class (looked up late: each test must fail on its own where
+    the store lacks it)."""
+    return checkpoint_module.CheckpointCorruptError
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,7 @@ def test_damaged_newest_step_falls_back_to_previous(copy, damage):
         step, note = store.newest_intact_step()
         assert step == 10
         assert_message_one_line(note, "step 20", "using step 10")
-        with pytest.raises(CheckpointCorruptError) as info:
+        with pytest.raises(_corrupt_error()) as info:
             store.restore(20, abstract_state=abstract_of(make_state(20)))
         assert_message_one_line(str(info.value), "step 20")
         state, meta, _ = store.restore(step, abstract_state=abstract_of(make_state(10)))
@@ -94,7 +101,7 @@ def test_damage_without_manifest_is_one_line(copy, damage):
     """Orbax / tensorstore failures (checkpoints saved before manifests) reduced to their cause."""
     (copy / "20" / MANIFEST).unlink()
     DAMAGE[damage](copy / "20")
-    with CheckpointStore(copy) as store, pytest.raises(CheckpointCorruptError) as info:
+    with CheckpointStore(copy) as store, pytest.raises(_corrupt_error()) as info:
         store.restore(20, abstract_state=abstract_of(make_state(20)))
     assert_message_one_line(str(info.value), "step 20", str(copy))
     assert "tensorstore_spec" not in str(info.value) and "'driver'" not in str(info.value)
@@ -103,7 +110,7 @@ def test_damage_without_manifest_is_one_line(copy, damage):
 def test_all_steps_damaged_is_one_line_error(copy):
     flip_bytes(_data_file(copy / "20"), 1000)
     truncate(_data_file(copy / "10"), 10)
-    with CheckpointStore(copy) as store, pytest.raises(CheckpointCorruptError) as info:
+    with CheckpointStore(copy) as store, pytest.raises(_corrupt_error()) as info:
         store.newest_intact_step()
     assert_message_one_line(str(info.value), "step 20", "no older checkpoint is intact")
     assert sorted(p.name for p in copy.iterdir()) == ["10", "20"]  # nothing deleted
@@ -122,3 +129,19 @@ def test_every_saved_step_is_sealed_and_no_trash_dir_is_left(tmp_path, async_sav
         store.wait()
         assert (tmp_path / "3" / MANIFEST).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]  # no empty to_delete/
+
+
+def test_size_only_manifest_for_buckets_still_catches_truncation(copy):
+    """Buckets record sizes only (hashing would read every step back over the network)."""
+    from etils import epath
+
+    from ling_jax.train.checkpoint_manifest import write_manifest
+
+    write_manifest(epath.Path(copy / "20"), hashes=False)
+    recorded = json.loads((copy / "20" / MANIFEST).read_text())["files"]
+    assert all(crc is None for _, crc in recorded.values())
+    truncate(_data_file(copy / "20"), 100)
+    with CheckpointStore(copy) as store:
+        step, note = store.newest_intact_step()
+    assert step == 10
+    assert_message_one_line(note, "step 20", "100 bytes")

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from ml_collections.config_flags import config_path
 
-from ling_jax.cli.config_errors import _check_path, _load
 from ling_jax.cli.errors import user_errors_exit
 from tests.reliability.hostile import REPO, assert_one_line, cli
 
@@ -35,6 +34,8 @@ def test_config_typos_and_missing_file_are_one_line(tmp_path):
 
 
 def test_suggested_list_syntax_is_what_overrides_accept():
+    from ling_jax.cli.config_errors import _check_path, _load
+
     cfg = _load(str(CONFIG))
     assert _check_path("config.x", cfg, "phases.rl.rl.stages[0].steps") is None
     # ml_collections' own override resolution agrees with the suggestion.
