@@ -57,7 +57,7 @@ def write_manifest(step_dir: epath.Path, *, hashes: bool = True) -> None:
     }
     tmp = step_dir / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=0, sort_keys=True))
-    tmp.rename(step_dir / MANIFEST)
+    tmp.replace(step_dir / MANIFEST)  # atomic; overwrites a stale one
 
 
 def has_manifest(step_dir: epath.Path) -> bool:
