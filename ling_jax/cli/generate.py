@@ -63,6 +63,24 @@ def _check_flags(argv) -> None:
             raise FileNotFoundError(f"{flag}: directory {path} not found")
 
 
+def _read_config(runtime: dict):
+    """The model config (checked to fit in memory) before anything is loaded."""
+    from ling_jax.interop import hf_import, model_checkpoint
+
+    if _HF.value:
+        return hf_import.read_config(_HF.value, **runtime)
+    return model_checkpoint.read_model_config(_CHECKPOINT.value, **runtime)
+
+
+def check_lengths(cfg, encoded: list[list[int]], max_new_tokens: int) -> None:
+    """Longest prompt + new tokens within the model's positions; the KV cache within memory."""
+    from ling_jax.config.budget import check_kv_cache_fits, check_length
+
+    longest = max(len(ids) for ids in encoded)
+    check_length(cfg, longest, max_new_tokens)
+    check_kv_cache_fits(cfg, len(encoded), longest + max_new_tokens)
+
+
 def _load_model(runtime: dict):
     from ling_jax.interop import hf_import, model_checkpoint
 
@@ -87,11 +105,14 @@ def main(argv) -> None:
     encoded = [tokenizer.encode(p) for p in prompts]
     if any(not ids for ids in encoded):
         raise ValueError("--prompt: a prompt encodes to no tokens; give some text")
-    model, cfg = _load_model(dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value))
+    runtime = dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+    cfg = _read_config(runtime)
     top = max(max(ids) for ids in encoded)
     if top >= cfg.vocab_size:
         raise ValueError(f"the tokenizer produced id {top} >= the model's vocab_size "
                          f"{cfg.vocab_size}; pass the model's own --tokenizer")
+    check_lengths(cfg, encoded, _MAX_NEW.value)
+    model, cfg = _load_model(runtime)
     for prompt, text in zip(prompts, generate_texts(model, tokenizer, encoded, sampling),
                             strict=True):
         print(prompt + text)

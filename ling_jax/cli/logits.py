@@ -55,6 +55,14 @@ def check_token_range(tokens: np.ndarray, vocab_size: int) -> None:
                          f"[0, vocab_size={vocab_size})")
 
 
+def check_tokens(tokens: np.ndarray, cfg) -> None:
+    """Ids inside the vocabulary and a length the model's positions cover."""
+    from ling_jax.config.budget import check_length
+
+    check_token_range(tokens, cfg.vocab_size)
+    check_length(cfg, tokens.shape[1])
+
+
 def _check_out(path: str) -> pathlib.Path:
     out = pathlib.Path(path).absolute()
     if out.is_dir():
@@ -115,13 +123,13 @@ def main(argv) -> None:
         if not pathlib.Path(_HF.value).is_dir():
             raise FileNotFoundError(f"--hf: directory {_HF.value} not found")
         cfg = hf_import.read_config(_HF.value, **runtime)
-        check_token_range(tokens, cfg.vocab_size)
+        check_tokens(tokens, cfg)
         model, cfg = hf_import.load_model(_HF.value, **runtime)
     else:
         if not pathlib.Path(_CHECKPOINT.value).is_dir():
             raise FileNotFoundError(f"--checkpoint: directory {_CHECKPOINT.value} not found")
         cfg = model_checkpoint.read_model_config(_CHECKPOINT.value, **runtime)
-        check_token_range(tokens, cfg.vocab_size)
+        check_tokens(tokens, cfg)
         model, cfg = model_checkpoint.load_model(_CHECKPOINT.value, **runtime)
     logits, mtp_logits = forward_logits(model, tokens)
     _write_npz(out, logits=logits, mtp_logits=mtp_logits)

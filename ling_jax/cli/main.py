@@ -39,7 +39,25 @@ def run() -> None:
     module = importlib.import_module(f"ling_jax.cli.{SUBCOMMANDS[name]}")
     from absl import app
 
-    app.run(module.main, argv=[f"ling-jax {name}", *sys.argv[2:]])
+    app.run(module.main, argv=[f"ling-jax {name}", *sys.argv[2:]], flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config-file and override failures as one line (exit 1)."""
+    from absl import app, flags
+
+    try:
+        args = app.parse_flags_with_usage(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            flags.FLAGS["config"].value.keys()  # config_flags defers a load failure to first use
+        return args
+    except (KeyError, AttributeError, ValueError, TypeError, OSError, SyntaxError) as e:
+        if isinstance(e, flags.Error):
+            raise
+        from ling_jax.cli.config_errors import explain
+
+        print(f"ling-jax: error: {explain(argv[1:], e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import numpy as np
 from flax import nnx
 
 from ling_jax.config import ConfigError, from_hf_config, validate_model_config
+from ling_jax.config.budget import check_fits_in_memory
 from ling_jax.interop import fp8
 from ling_jax.interop.keymap import hf_shapes, tensor_maps, to_ours
-from ling_jax.interop.safetensors_io import SafetensorsError, SafetensorsFile
+from ling_jax.interop.safetensors_io import FLOAT_NAMES, SafetensorsError, SafetensorsFile
 from ling_jax.model.transformer import LingForCausalLM
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -37,9 +38,33 @@ def read_config(hf_dir: str | pathlib.Path, **runtime):
     try:
         cfg = from_hf_config(raw, **runtime)
         validate_model_config(cfg)
+        check_fits_in_memory(cfg)  # before any key list or array is built
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     return cfg
+
+
+def read_weight_map(index: pathlib.Path) -> dict[str, str]:
+    """The index's weight_map (tensor → shard file name), each name checked to stay in the directory."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({e!r})") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map is a {type(weight_map).__name__}, expected "
+                              "an object of tensor name -> file name")
+    root = index.parent.resolve()
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"{index}: tensor {key!r} maps to {name!r}, not a file name")
+        rel = pathlib.PurePath(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise CheckpointError(f"{index}: tensor {key!r} maps to {name!r}; shard paths must "
+                                  "be relative and stay inside the checkpoint directory")
+        if not (root / rel).resolve().is_relative_to(root):
+            raise CheckpointError(f"{index}: tensor {key!r} maps to {name!r}, which resolves "
+                                  f"outside {root} (symlink); shards must stay inside it")
+    return weight_map
 
 
 def open_files(hf_dir: str | pathlib.Path) -> dict[str, SafetensorsFile]:
@@ -48,10 +73,7 @@ def open_files(hf_dir: str | pathlib.Path) -> dict[str, SafetensorsFile]:
     index = root / INDEX_FILE
     try:
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index}: not a valid shard index ({e!r})") from None
+            weight_map = read_weight_map(index)
             files = {name: SafetensorsFile(root / name) for name in sorted(set(weight_map.values()))
                      if _exists(root / name, index)}
             located = {}
@@ -92,6 +114,11 @@ def check_keys(files: dict[str, SafetensorsFile], cfg) -> None:
         if files[key].shape(key) != shape:
             raise CheckpointError(f"key {key!r} has shape {files[key].shape(key)}, config.json "
                                   f"implies {shape}")
+    for key in sorted(present):  # every parameter (and FP8 scale) is floating point
+        if files[key].dtype_name(key) not in FLOAT_NAMES:
+            raise CheckpointError(f"{files[key].path}: tensor {key!r} has dtype "
+                                  f"{files[key].dtype_name(key)}; a float parameter needs one "
+                                  f"of {sorted(FLOAT_NAMES)}")
 
 
 def read_tensor(files: dict[str, SafetensorsFile], key: str) -> np.ndarray:

@@ -27,8 +27,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ling_jax.config import ConfigError, validate_model_config
+from ling_jax.config.budget import check_fits_in_memory
 from ling_jax.config.model import ARCHITECTURE_DEFAULTS, RUNTIME_DEFAULTS, model_config
 from ling_jax.model.transformer import LingForCausalLM
+from ling_jax.orbax_errors import error_cause
 
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_STATE_DIR = "model_state"
@@ -118,6 +120,7 @@ def read_model_config(path: str | os.PathLike, **runtime) -> ml_collections.Conf
     try:
         cfg = model_config(**{**raw, **runtime})
         validate_model_config(cfg)
+        check_fits_in_memory(cfg)  # before any array is built
     except (ConfigError, TypeError, ValueError) as e:
         raise ModelCheckpointError(f"{file}: {e}") from None
     return cfg
@@ -166,10 +169,14 @@ def _check_state(state_dir: pathlib.Path, expected: dict) -> None:
     """Same leaf paths and shapes as the model the config builds; errors name the leaf."""
     with ocp.StandardCheckpointer() as checkpointer:
         try:
-            stored = checkpointer.metadata(state_dir).item_metadata.tree
-        except (FileNotFoundError, ValueError, OSError) as e:
+            item = checkpointer.metadata(state_dir).item_metadata
+            stored = None if item is None else item.tree
+        except Exception as e:  # orbax / tensorstore / JSON errors alike
             raise ModelCheckpointError(f"{state_dir}: not a readable orbax checkpoint "
-                                       f"({e})") from None
+                                       f"({error_cause(e)})") from None
+    if stored is None:
+        raise ModelCheckpointError(f"{state_dir}: not a readable orbax checkpoint (its metadata "
+                                   "is missing or truncated); re-create it (ling-jax import-hf)")
     have, want = _flat(dict(stored)), _flat(expected)
     for name in sorted(set(want) - set(have)):
         raise ModelCheckpointError(f"{state_dir}: missing leaf {name!r}; the state does not match "
@@ -202,7 +209,11 @@ def load_model(path: str | os.PathLike, *, sharding: jax.sharding.Sharding | Non
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                           abstract)
     with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(state_dir, target)
+        try:
+            restored = checkpointer.restore(state_dir, target)
+        except Exception as e:  # tensorstore raises bare Exception for unreadable chunks
+            raise ModelCheckpointError(f"{state_dir}: cannot be read, the checkpoint is damaged "
+                                       f"({error_cause(e)})") from None
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model, cfg

@@ -26,8 +26,92 @@ class SafetensorsError(ValueError):
     """A safetensors file that cannot be read as written."""
 
 
+MAX_HEADER = 100 << 20  # bytes; the reference implementation's limit too
+FLOAT_NAMES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3"})
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise SafetensorsError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_entry(key: str, entry: object) -> tuple[int, int]:
+    """(begin, end) of one header entry; SafetensorsError (without the path) on any violation."""
+    if not isinstance(entry, dict):
+        raise SafetensorsError(f"tensor {key!r}: entry is a {type(entry).__name__}, expected an "
+                               "object with dtype, shape and data_offsets")
+    missing = [f for f in ("dtype", "shape", "data_offsets") if f not in entry]
+    if missing:
+        raise SafetensorsError(f"tensor {key!r}: no {missing[0]!r} field")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES:
+        raise SafetensorsError(f"tensor {key!r} has unsupported dtype {dtype!r} "
+                               f"(supported: {sorted(DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise SafetensorsError(f"tensor {key!r}: shape {shape!r} is not a list of "
+                               "non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)):
+        raise SafetensorsError(f"tensor {key!r}: data_offsets {offsets!r} is not a pair of "
+                               "integers [begin, end]")
+    begin, end = offsets
+    if begin < 0 or end < begin:
+        raise SafetensorsError(f"tensor {key!r}: data_offsets [{begin}, {end}] must satisfy "
+                               "0 <= begin <= end")
+    nbytes = DTYPES[dtype].itemsize
+    for d in shape:
+        nbytes *= d
+    if end - begin != nbytes:
+        raise SafetensorsError(f"tensor {key!r} spans {end - begin} bytes, its shape and dtype "
+                               f"need {nbytes}")
+    return begin, end
+
+
+def _check_tiling(spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The spans must cover [0, data_size) exactly: no holes, no overlaps, nothing past the end."""
+    position, previous = 0, None
+    for begin, end, key in sorted(spans):
+        if end > data_size:
+            raise SafetensorsError(f"truncated: tensor {key!r} ends at byte {end} but the file "
+                                   f"holds {data_size} data bytes")
+        if begin < position:
+            raise SafetensorsError(f"tensor {key!r} (bytes {begin}-{end}) overlaps tensor "
+                                   f"{previous!r}")
+        if begin > position:
+            raise SafetensorsError(f"hole: data bytes {position}-{begin} before tensor {key!r} "
+                                   "belong to no tensor")
+        position, previous = end, key
+    if position != data_size:
+        raise SafetensorsError(f"data bytes {position}-{data_size} after the last tensor belong "
+                               "to no tensor")
+
+
+def parse_header(raw: bytes, data_size: int) -> tuple[dict[str, str], dict[str, dict]]:
+    """(metadata, entries) of a header, checked to the format spec; errors name the tensor."""
+    try:
+        header = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"header is a JSON {type(header).__name__}, expected an object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError("__metadata__ must be an object of strings")
+    spans = [(*_check_entry(key, entry), key) for key, entry in header.items()]
+    _check_tiling(spans, data_size)
+    return metadata, header
+
+
 class SafetensorsFile:
-    """Header of one file plus lazy, per-tensor reads."""
+    """Header of one file (checked to the spec before any tensor is read) plus lazy reads."""
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
@@ -40,26 +124,15 @@ class SafetensorsFile:
             if header_len > size - 8:
                 raise SafetensorsError(f"{self.path}: truncated or not safetensors "
                                        f"(header of {header_len} bytes in a {size}-byte file)")
-            try:
-                header = json.loads(f.read(header_len))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise SafetensorsError(f"{self.path}: header is not valid JSON ({e})") from None
-        self.metadata = header.pop("__metadata__", {}) or {}
-        self.entries: dict[str, dict] = header
+            if header_len > MAX_HEADER:
+                raise SafetensorsError(f"{self.path}: header of {header_len} bytes exceeds the "
+                                       f"{MAX_HEADER}-byte limit")
+            raw = f.read(header_len)
         self._data_start = 8 + header_len
-        data_size = size - self._data_start
-        for key, entry in header.items():
-            if entry.get("dtype") not in DTYPES:
-                raise SafetensorsError(f"{self.path}: tensor {key!r} has unsupported dtype "
-                                       f"{entry.get('dtype')!r}")
-            begin, end = entry["data_offsets"]
-            nbytes = int(np.prod(entry["shape"], dtype=np.int64)) * DTYPES[entry["dtype"]].itemsize
-            if end > data_size:
-                raise SafetensorsError(f"{self.path}: truncated — tensor {key!r} ends at byte {end} "
-                                       f"but the file holds {data_size} data bytes")
-            if end - begin != nbytes:
-                raise SafetensorsError(f"{self.path}: tensor {key!r} spans {end - begin} bytes, "
-                                       f"its shape and dtype need {nbytes}")
+        try:
+            self.metadata, self.entries = parse_header(raw, size - self._data_start)
+        except SafetensorsError as e:
+            raise SafetensorsError(f"{self.path}: {e}") from None
         self._mmap: np.memmap | None = None
 
     def keys(self) -> list[str]:
@@ -67,6 +140,10 @@ class SafetensorsFile:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.entries[key]["shape"])
+
+    def dtype_name(self, key: str) -> str:
+        """The safetensors dtype name of `key` ('BF16', 'I32', ...)."""
+        return self.entries[key]["dtype"]
 
     def get(self, key: str) -> np.ndarray:
         """A fresh in-memory copy of one tensor."""
