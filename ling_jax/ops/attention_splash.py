@@ -3,11 +3,14 @@
 The kernel works on one sequence ([N,T,H] queries, [K,S,H] keys), so it is vmapped over the batch.
 It does not scale the scores, so q is scaled by 1/√H first. Lengths are padded to the blocks with
 segment id -1 (real ids are >= 0), which padded queries alone share. Off TPU the kernel runs in
-Pallas interpret mode: tests only. Cached decode steps (a query offset) are not supported.
+Pallas interpret mode (tests only), except under `mosaic_lowering()`, for ahead-of-time compiles
+for a TPU topology from a CPU host. Cached decode steps (a query offset) are not supported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -17,6 +20,21 @@ import jax.numpy as jnp
 from ling_jax.ops.attention_mask import AttentionMask
 
 _PAD_SEGMENT = -1
+_MOSAIC = contextvars.ContextVar("splash_mosaic", default=False)
+
+
+@contextlib.contextmanager
+def mosaic_lowering():
+    """Trace the kernel for Mosaic (TPU) even though the host's default backend is not a TPU."""
+    token = _MOSAIC.set(True)
+    try:
+        yield
+    finally:
+        _MOSAIC.reset(token)
+
+
+def _interpret() -> bool:
+    return not _MOSAIC.get() and jax.default_backend() != "tpu"
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -52,6 +70,6 @@ def splash_attention(q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q: in
                                block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                                block_kv_dq=bkv)
     kernel = splash.make_splash_mha(heads_mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                                    interpret=jax.default_backend() != "tpu")
+                                    interpret=_interpret())
     out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=s))(q, k, v, segments)
     return out.transpose(0, 2, 1, 3)[:, :length].astype(dtype)
