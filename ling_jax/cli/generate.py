@@ -28,6 +28,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "samples per prompt")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "parameter and compute dtype (router, norms, softmax stay fp32)")
+_ATTENTION = flags.DEFINE_string("attention_backend", None,
+                                 "prefill attention backend, e.g. tiled for long prompts on CPU "
+                                 "(memory linear in the prompt length); default: the model's")
 
 
 def find_tokenizer(explicit: str | None, hf_dir: str | None, checkpoint: str | None):
@@ -87,7 +90,10 @@ def main(argv) -> None:
     encoded = [tokenizer.encode(p) for p in prompts]
     if any(not ids for ids in encoded):
         raise ValueError("--prompt: a prompt encodes to no tokens; give some text")
-    model, cfg = _load_model(dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value))
+    runtime = dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+    if _ATTENTION.value:
+        runtime["attention_backend"] = _ATTENTION.value
+    model, cfg = _load_model(runtime)
     top = max(max(ids) for ids in encoded)
     if top >= cfg.vocab_size:
         raise ValueError(f"the tokenizer produced id {top} >= the model's vocab_size "
