@@ -35,6 +35,7 @@ SHAPES = {"tiny": (8, 256), "bench_mini": (4, 512)}  # batch, sequence
 _MODELS = flags.DEFINE_list("models", ["tiny", "bench_mini"], "presets to time")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "compute dtype")
 _BACKEND = flags.DEFINE_string("moe_backend", "blocked", "expert-compute backend")
+_ATTENTION = flags.DEFINE_string("attention_backend", "reference", "attention backend")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after one compile step)")
 _REMAT = flags.DEFINE_string("remat_policy", "none", "remat policy")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "scan the layer stacks (False unrolls them)")
@@ -55,7 +56,7 @@ def _batch(rng, batch, length, vocab):
 def bench(name: str, peak: float) -> None:
     cfg = get_preset(name)
     cfg.update(dict(dtype=_DTYPE.value, moe_backend=_BACKEND.value, remat_policy=_REMAT.value,
-                    scan_layers=_SCAN.value))
+                    scan_layers=_SCAN.value, attention_backend=_ATTENTION.value))
     batch, length = SHAPES[name]
     model = LingForCausalLM(cfg, rngs=nnx.Rngs(0))
     graphdef, params, biases = nnx.split(model, nnx.Param, ExpertBias)
@@ -93,7 +94,7 @@ def main(argv) -> None:
     del argv
     peak = flops.peak_flops_per_device() or flops.measure_cpu_peak_flops()
     print(f"device {jax.devices()[0].device_kind}; peak {peak / 1e9:.0f} GFLOP/s "
-          f"(bf16 in, f32 accumulate); backend {_BACKEND.value}; "
+          f"(bf16 in, f32 accumulate); backend {_BACKEND.value}; attention {_ATTENTION.value}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     for name in _MODELS.value:
         bench(name, peak)

@@ -28,6 +28,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "samples per prompt")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "parameter and compute dtype (router, norms, softmax stay fp32)")
+_ATTENTION = flags.DEFINE_string("attention_backend", None,
+                                 "prefill attention backend, e.g. tiled for long prompts on CPU "
+                                 "(memory linear in the prompt length); default: the model's")
 
 
 def find_tokenizer(explicit: str | None, hf_dir: str | None, checkpoint: str | None):
@@ -106,6 +109,8 @@ def main(argv) -> None:
     if any(not ids for ids in encoded):
         raise ValueError("--prompt: a prompt encodes to no tokens; give some text")
     runtime = dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+    if _ATTENTION.value:
+        runtime["attention_backend"] = _ATTENTION.value
     cfg = _read_config(runtime)
     top = max(max(ids) for ids in encoded)
     if top >= cfg.vocab_size:

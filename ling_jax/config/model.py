@@ -57,6 +57,9 @@ RUNTIME_DEFAULTS: dict = dict(
     scan_layers=True,  # scan the dense and MoE stacks (compile cost of ~one layer); False unrolls
     remat_policy="none",
     attention_impl="xla",
+    attention_backend="reference",  # key of ling_jax.ops.attention_registry: reference/tiled/splash
+    attention_block_q=512,  # query rows per tile (`tiled`, `splash`; splash wants multiples of 128)
+    attention_block_kv=512,  # key rows per tile
     # Blockwise FP8 training (reference §5): QKV/output, dense MLP and shared-expert projections in
     # FP8, and the routed experts through the FP8 twin of moe_backend (FP8_EXPERT_BACKENDS).
     fp8=False,

@@ -8,6 +8,8 @@ DTYPES = ("float32", "bfloat16")
 # Names of ling_jax.ops.expert_compute backends (config/ imports nothing of ours; ops checks the match).
 MOE_BACKENDS = ("blocked", "ragged_dot", "dense", "pallas_fp8", "megablox", "blocked_fp8",
                 "ep_all_to_all", "ep_ragged_all_to_all")
+# Names of ling_jax.ops.attention_registry backends (the ops tests check the match).
+ATTENTION_BACKENDS = ("reference", "tiled", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload")
 YARN_KEYS = (
     "type",
@@ -130,6 +132,20 @@ def _validate_moe(cfg) -> None:
     )
 
 
+def _validate_attention(cfg) -> None:
+    _require(
+        cfg.attention_backend in ATTENTION_BACKENDS,
+        "attention_backend",
+        f"{cfg.attention_backend!r} is not one of {list(ATTENTION_BACKENDS)}",
+    )
+    for field in ("attention_block_q", "attention_block_kv"):
+        value = cfg[field]
+        _require(isinstance(value, int) and value > 0, field,
+                 f"must be a positive int, got {value!r}")
+        _require(cfg.attention_backend != "splash" or value % 128 == 0, field,
+                 f"splash attention tiles must be multiples of 128, got {value}")
+
+
 def _validate_runtime(cfg) -> None:
     for field in ("dtype", "param_dtype"):
         _require(cfg[field] in DTYPES, field, f"{cfg[field]!r} is not one of {list(DTYPES)}")
@@ -138,6 +154,7 @@ def _validate_runtime(cfg) -> None:
         "moe_backend",
         f"{cfg.moe_backend!r} is not one of {list(MOE_BACKENDS)}",
     )
+    _validate_attention(cfg)
     _require(isinstance(cfg.fp8, bool), "fp8", f"must be true or false, got {cfg.fp8!r}")
     _require(
         not cfg.fp8 or cfg.moe_backend in FP8_EXPERT_BACKENDS,

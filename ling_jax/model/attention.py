@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ling_jax.config.model import linear_quant
 from ling_jax.model.linear import param, project
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import apply_rope
-from ling_jax.ops.attention_core import dot_product_attention
+from ling_jax.ops.attention_backends import attend
+from ling_jax.ops.attention_mask import AttentionMask, self_attention_mask
 
 
-def attention_mask(segment_ids_BT: jax.Array | None, batch: int, length: int) -> jax.Array:
-    """[B, 1, T, T] bool: causal by index and, for packed rows, within the same segment."""
-    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    if segment_ids_BT is None:
-        return jnp.broadcast_to(causal, (batch, 1, length, length))
-    same = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
-    return causal & same
+def attention_mask(segment_ids_BT: jax.Array | None, batch: int, length: int) -> AttentionMask:
+    """Causal by index and, for packed rows, within the same segment; O(T): no [T, T] array."""
+    return self_attention_mask(segment_ids_BT, batch, length)
 
 
 class Attention(nnx.Module):
@@ -29,6 +25,8 @@ class Attention(nnx.Module):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         std = cfg.initializer_range
         self.dtype, self.quant = dtype, linear_quant(cfg)
+        self.backend = cfg.attention_backend
+        self.blocks = dict(block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
         self.q_proj = param(
             rngs, (d, n, h), ("embed", "heads", "head_dim"), std=std, dtype=param_dtype
         )
@@ -58,6 +56,10 @@ class Attention(nnx.Module):
     def output(self, attn_BTNH) -> jax.Array:
         return project("btnh,nhd->btd", attn_BTNH, self.o_proj[...], self.dtype, self.quant)
 
-    def __call__(self, x_BTD, cos, sin, mask_B1TS) -> jax.Array:
+    def attend(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, backend: str | None = None):
+        """[B,T,N,H] through the configured backend (or `backend`)."""
+        return attend(backend or self.backend, q_BTNH, k_BSKH, v_BSKH, mask, **self.blocks)
+
+    def __call__(self, x_BTD, cos, sin, mask: AttentionMask) -> jax.Array:
         q, k, v = self.qkv(x_BTD, cos, sin)
-        return self.output(dot_product_attention(q, k, v, mask_B1TS))
+        return self.output(self.attend(q, k, v, mask))

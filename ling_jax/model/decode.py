@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ling_jax.model.attention import dot_product_attention
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
+from ling_jax.ops.attention_mask import AttentionMask
 
 Cache = dict[str, tuple[jax.Array, jax.Array]]  # stack name -> (k, v) [L, B, S, K, H]
 _STACKS = ("dense_layers", "moe_layers")
@@ -89,12 +89,15 @@ def init_cache(model, batch: int, max_len: int) -> Cache:
     return cache
 
 
-def _layer_cached(layer, x_BTD, cos, sin, mask_B1TS, k_BSKH, v_BSKH, index):
-    """DecoderLayer.__call__ with this chunk's k/v written into the cache at `index`."""
+def _layer_cached(layer, x_BTD, cos, sin, mask: AttentionMask, k_BSKH, v_BSKH, index):
+    """DecoderLayer.__call__ with this chunk's k/v written into the cache at `index`. The prefill
+    (index 0) runs the configured attention backend; decode steps (a query offset) the reference,
+    whose [B,1,T,S] mask is linear in S for one query."""
     q, k, v = layer.attn.qkv(layer.input_norm(x_BTD), cos, sin)
     k_BSKH = jax.lax.dynamic_update_slice(k_BSKH, k.astype(k_BSKH.dtype), (0, index, 0, 0))
     v_BSKH = jax.lax.dynamic_update_slice(v_BSKH, v.astype(v_BSKH.dtype), (0, index, 0, 0))
-    x_BTD = x_BTD + layer.attn.output(dot_product_attention(q, k_BSKH, v_BSKH, mask_B1TS))
+    backend = None if mask.q_offset is None else "reference"
+    x_BTD = x_BTD + layer.attn.output(layer.attn.attend(q, k_BSKH, v_BSKH, mask, backend))
     h = layer.post_attn_norm(x_BTD)
     y = layer.mlp(h)[0] if layer.use_moe else layer.mlp(h)  # MoE returns (y, counts, logits, dropped)
     return x_BTD + y, k_BSKH, v_BSKH
@@ -114,18 +117,21 @@ def _stack_cached(stack, x_BTD, cos, sin, mask, kv: tuple[jax.Array, jax.Array],
 
 
 def forward_cached(model, ids_BT, positions_BT, key_valid_BS, index, cache: Cache):
-    """Logits [B, T, V] of a chunk written at buffer index `index` (queries see keys <= own)."""
-    length, max_len = ids_BT.shape[1], key_valid_BS.shape[1]
+    """Logits [B, T, V] of a chunk written at buffer index `index` (queries see keys <= own).
+
+    Padding keys (segment 0) are seen only by padding queries, as in the packed forward."""
+    length = ids_BT.shape[1]
     inv_freq, scaling = rope_frequencies(model.cfg)
     cos, sin = rope_cos_sin(positions_BT, inv_freq, scaling, model.dtype)
-    query_index_T = index + jnp.arange(length)
-    causal_TS = jnp.arange(max_len)[None, :] <= query_index_T[:, None]
-    mask_B1TS = causal_TS[None, None] & key_valid_BS[:, None, None, :]
+    kv_segment_BS = key_valid_BS.astype(jnp.int32)
+    q_segment_BT = jax.lax.dynamic_slice_in_dim(kv_segment_BS, index, length, axis=1)
+    static_start = isinstance(index, int) and index == 0
+    mask = AttentionMask(q_segment_BT, kv_segment_BS, None if static_start else index)
     x = jnp.take(model.embed[...], ids_BT, axis=0).astype(model.dtype)
     new_cache = {}
     for name in _STACKS:
         if name in cache:
-            x, new_cache[name] = _stack_cached(getattr(model, name), x, cos, sin, mask_B1TS,
+            x, new_cache[name] = _stack_cached(getattr(model, name), x, cos, sin, mask,
                                                cache[name], index)
     return model.logits(model.final_norm(x)), new_cache
 

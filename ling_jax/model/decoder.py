@@ -31,9 +31,9 @@ class DecoderLayer(nnx.Module):
                 quant=linear_quant(cfg),
             )
 
-    def __call__(self, x_BTD, cos, sin, mask_B1TS, token_mask_BT=None):
+    def __call__(self, x_BTD, cos, sin, mask, token_mask_BT=None):
         """Returns (x, (expert counts [E], router logits [B,T,E], dropped rows)); None for dense."""
-        x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), cos, sin, mask_B1TS)
+        x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), cos, sin, mask)
         h = self.post_attn_norm(x_BTD)
         if not self.use_moe:
             return x_BTD + self.mlp(h), None

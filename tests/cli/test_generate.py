@@ -46,6 +46,10 @@ def test_greedy_generation_matches_the_library(saved):
                             max_new_tokens=6, sampling=sampling)[0]
     assert result.stdout.splitlines()[0] == (PROMPT + tokenizer.decode(ids)).splitlines()[0]
     assert result.stdout.startswith(PROMPT + tokenizer.decode(ids))
+    tiled = cli("--checkpoint", root / "model", "--prompt", PROMPT, "--max_new_tokens", 6,
+                "--attention_backend", "tiled")
+    assert tiled.returncode == 0, tiled.stderr
+    assert tiled.stdout == result.stdout
 
 
 def test_bad_inputs_exit_with_one_line(saved, tmp_path):
@@ -54,6 +58,8 @@ def test_bad_inputs_exit_with_one_line(saved, tmp_path):
         (("--prompt", "x"), "exactly one of --hf"),
         (("--checkpoint", tmp_path / "missing", "--prompt", "x"), "not found"),
         (("--checkpoint", root / "model", "--prompt", "x", "--top_p", "0"), "top_p"),
+        (("--checkpoint", root / "model", "--prompt", "x", "--attention_backend", "flash"),
+         "model.attention_backend: 'flash' is not one of"),
     ]
     for args, needle in cases:
         result = cli(*args)

@@ -58,6 +58,17 @@ def test_left_pad_layout():
 
 def test_cached_logits_equal_full_forward(model, prompts, full_logits):
     """Prefill + teacher-forced decode steps reproduce every full-forward logit of each row."""
+    _check_cached_logits(model, prompts, full_logits)
+
+
+def test_tiled_prefill_equals_full_forward(prompts, full_logits):
+    """The same with the prefill through the tiled backend (ragged 4-row tiles, left padding)."""
+    cfg = small_config()
+    cfg.update(dict(attention_backend="tiled", attention_block_q=4, attention_block_kv=4))
+    _check_cached_logits(LingForCausalLM(cfg, rngs=nnx.Rngs(3)), prompts, full_logits)
+
+
+def _check_cached_logits(model, prompts, full_logits):
     steps, rng = 6, np.random.default_rng(1)
     forced = rng.integers(2, 256, size=(len(prompts), steps)).astype(np.int32)
     ids, lengths = decode.left_pad(prompts)

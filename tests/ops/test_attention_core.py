@@ -7,6 +7,7 @@ import pytest
 
 from ling_jax.model.attention import attention_mask
 from ling_jax.ops.attention_core import dot_product_attention
+from ling_jax.ops.attention_mask import dense_mask
 
 
 def _reference(q, k, v, mask):
@@ -27,7 +28,7 @@ def _problem(seed=0, batch=2, length=9, heads=4, kv=2, dim=8):
     seg[0, 4:] = 2  # two packed documents in row 0
     seg[1, -2:] = 0  # padding at the end of row 1
     probe = rng.normal(size=q.shape).astype(np.float32)
-    return q, k, v, attention_mask(jnp.asarray(seg), batch, length), probe
+    return q, k, v, dense_mask(attention_mask(jnp.asarray(seg), batch, length)), probe
 
 
 def test_forward_matches_float64_numpy():
