@@ -127,7 +127,8 @@ class PeerWatchdog(threading.Thread):
 
 
 def _lost(who: str, why: str) -> None:
-    print(f"ling-jax: error: lost {who} ({why}); every process stops: rerun the same command on "
+    # On a line of its own (a progress bar may be mid-line on the terminal).
+    print(f"\nling-jax: error: lost {who} ({why}); every process stops: rerun the same command on "
           "every process to resume from the last complete checkpoint", file=sys.stderr, flush=True)
     os._exit(EXIT_LOST_PROCESS)
 

@@ -28,6 +28,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "--num_processes and --process_id; none: auto-detect on TPU)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's id (0..N-1)")
+_RESTORE_STEP = flags.DEFINE_integer("restore_step", None,
+                                     "resume from this checkpoint step (default: the newest "
+                                     "intact one; a damaged newest one is reported and skipped)")
 _PROFILE_STEPS = flags.DEFINE_string("profile_steps", None,
                                      "A:B: JAX profiler trace of global steps A..B under "
                                      "WORKDIR/profile/host_<i> (TensorBoard / XProf)")
@@ -123,7 +126,8 @@ def main(argv) -> None:
     reporter = ProgressReporter() if primary else None
     try:
         result = run_experiment(cfg, _WORKDIR.value, reporter=reporter,
-                                max_steps=_MAX_STEPS.value, profile_steps=profile_steps)
+                                max_steps=_MAX_STEPS.value, profile_steps=profile_steps,
+                                restore_step=_RESTORE_STEP.value)
     except NonFiniteError as e:
         _exit(f"ling-jax: error: {e}", EXIT_NONFINITE, multi)
     except Exception as e:  # noqa: BLE001  (multi-process: a lost peer surfaces here)

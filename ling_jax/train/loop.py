@@ -68,7 +68,7 @@ class _Run:
     """
 
     def __init__(self, cfg, workdir: epath.Path, reporter: Reporter, shard_fn,
-                 max_steps: int | None):
+                 max_steps: int | None, restore_step: int | None = None):
         self.cfg, self.workdir, self.reporter = cfg, workdir, reporter
         self.max_steps, self.primary = max_steps, jax.process_index() == 0
         self.table = PhaseTable.of(cfg)
@@ -78,7 +78,7 @@ class _Run:
         has_store = (workdir / "checkpoints").exists()
         self.store = resume.open_store(cfg, workdir) if has_store else None
         try:
-            self.resume, meta = resume.resume_point(self.store)
+            self.resume, meta = resume.resume_point(self.store, restore_step)
             first = int(meta.get("phase_index", 0))
             self.plan, self.shard_fn = phase_switch.run_sharding(
                 cfg, self.table, shard_fn, first, max_steps, lambda: self.abstract)
@@ -177,14 +177,16 @@ class _Run:
 
 def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=None,
                    max_steps: int | None = None,
-                   profile_steps: tuple[int, int] | None = None) -> RunResult:
+                   profile_steps: tuple[int, int] | None = None,
+                   restore_step: int | None = None) -> RunResult:
     """Run (or resume) every phase of `cfg` in `workdir` (local or gs://); `max_steps` stops early.
 
     With a `mesh` block of more than one device (and no `shard_fn`), the state is created or
     restored sharded on that mesh and every step runs jitted with its shardings. Config and mesh
     errors are raised before anything compiles. One run per workdir: process 0 holds a lock file
     in a local workdir while it runs. `profile_steps` (A, B): a profiler trace of global steps
-    A..B under WORKDIR/profile/host_<i>.
+    A..B under WORKDIR/profile/host_<i>. Resumes from the newest intact checkpoint (a damaged
+    newest one is reported and skipped), or from `restore_step`.
     """
     validate_experiment(cfg)
     workdir = absolute(workdir)  # relative workdirs resolve against the cwd, once
@@ -195,15 +197,16 @@ def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=N
             logging.warning("took over the stale lock of %s (that process is gone)",
                             lock.stale_owner)
     try:
-        return _run(cfg, workdir, reporter, shard_fn, max_steps, profile_steps)
+        return _run(cfg, workdir, reporter, shard_fn, max_steps, profile_steps, restore_step)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(cfg, workdir: epath.Path, reporter, shard_fn, max_steps, profile_steps) -> RunResult:
+def _run(cfg, workdir: epath.Path, reporter, shard_fn, max_steps, profile_steps,
+         restore_step) -> RunResult:
     t_start = time.perf_counter()
-    run = _Run(cfg, workdir, reporter or reporting.Silent(), shard_fn, max_steps)
+    run = _Run(cfg, workdir, reporter or reporting.Silent(), shard_fn, max_steps, restore_step)
     run.profiler = StepProfiler(profile_steps, workdir / "profile")
     state, pos = run.initial_state()
     peak, peak_source = reporting.peak_flops()

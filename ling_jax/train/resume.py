@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from absl import logging
 from etils import epath
 from jax.sharding import SingleDeviceSharding
 
@@ -19,6 +20,7 @@ from ling_jax.data.pipeline import merge_data_states
 from ling_jax.parallel.sharding import ShardingPlan, with_shardings
 from ling_jax.train import multihost
 from ling_jax.train.checkpoint import CheckpointStore
+from ling_jax.train.checkpoint_manifest import CheckpointCorruptError
 from ling_jax.train.state import init_state
 
 
@@ -39,9 +41,26 @@ def open_store(cfg, workdir: epath.Path) -> CheckpointStore:
                            keep_every=ck.keep_every or None, async_save=ck.async_save)
 
 
-def resume_point(store: CheckpointStore | None) -> tuple[int | None, dict]:
-    """(latest checkpoint step, its metadata), or (None, {}) for a fresh run; reads no arrays."""
-    resume = store.latest_step() if store else None
+def resume_point(store: CheckpointStore | None,
+                 restore_step: int | None = None) -> tuple[int | None, dict]:
+    """(checkpoint step to resume from, its metadata), or (None, {}) for a fresh run.
+
+    Default: the newest intact checkpoint (a corrupt or partial newest one is reported in one
+    warning line naming it and the step used instead; nothing is deleted). `restore_step`: that
+    step, verified (one-line CheckpointCorruptError if it is damaged or missing)."""
+    if store is None:
+        if restore_step is not None:
+            raise ValueError(f"--restore_step={restore_step}: the workdir has no checkpoints")
+        return None, {}
+    if restore_step is not None:
+        problem = store.verify(int(restore_step))
+        if problem:
+            raise CheckpointCorruptError(problem)
+        resume = int(restore_step)
+    else:
+        resume, note = store.newest_intact_step()
+        if note:
+            logging.warning("%s", note)
     meta = store.read_meta(resume)[0] if resume is not None else {}
     return resume, meta
 
