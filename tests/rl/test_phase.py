@@ -60,7 +60,7 @@ def test_rl_resume_in_process_is_exact(full_run, tmp_path):
     cfg = rl_experiment()
     cfg.phases.rl.checkpoint_every = 1
     stopped = run_experiment(cfg, tmp_path, max_steps=4)
-    assert stopped.preempted and stopped.global_step == 4
+    assert stopped.stop_reason == "max_steps" and stopped.global_step == 4
     run_experiment(cfg, tmp_path)
     want, got = _rl_records(full_dir), _rl_records(tmp_path)
     assert len(got) == len(want) == 4
