@@ -74,7 +74,7 @@ class _Run:
         self.table = PhaseTable.of(cfg)
         self.optimizer = make_phase_optimizer(PhaseContext(cfg, None, 0, 0),
                                               cfg.phases[self.table.names[0]])
-        self._abstract = None
+        self._abstract, self.lock = None, None
         has_store = (workdir / "checkpoints").exists()
         self.store = resume.open_store(cfg, workdir) if has_store else None
         try:
@@ -83,10 +83,13 @@ class _Run:
             self.plan, self.shard_fn = phase_switch.run_sharding(
                 cfg, self.table, shard_fn, first, max_steps, lambda: self.abstract)
             if self.primary:  # the other hosts would race its write
+                self.lock = _take_lock(workdir)
                 resume.check_workdir(workdir, cfg)
         except BaseException:
             if self.store is not None:
                 self.store.close()
+            if self.lock is not None:
+                self.lock.release()
             raise
         self.store = self.store or resume.open_store(cfg, workdir)
         self.tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, workdir)
@@ -190,17 +193,17 @@ def run_experiment(cfg, workdir, *, reporter: Reporter | None = None, shard_fn=N
     """
     validate_experiment(cfg)
     workdir = absolute(workdir)  # relative workdirs resolve against the cwd, once
-    lock = None
-    if jax.process_index() == 0 and is_local(workdir):
-        lock = WorkdirLock(workdir).acquire()  # before anything is written in it
-        if lock.stale_owner:
-            logging.warning("took over the stale lock of %s (that process is gone)",
-                            lock.stale_owner)
-    try:
-        return _run(cfg, workdir, reporter, shard_fn, max_steps, profile_steps, restore_step)
-    finally:
-        if lock is not None:
-            lock.release()
+    return _run(cfg, workdir, reporter, shard_fn, max_steps, profile_steps, restore_step)
+
+
+def _take_lock(workdir: epath.Path) -> WorkdirLock | None:
+    """Process 0 locks a local workdir (after every config check, before the first write)."""
+    if jax.process_index() != 0 or not is_local(workdir):
+        return None
+    lock = WorkdirLock(workdir).acquire()
+    if lock.stale_owner:
+        logging.warning("took over the stale lock of %s (that process is gone)", lock.stale_owner)
+    return lock
 
 
 def _run(cfg, workdir: epath.Path, reporter, shard_fn, max_steps, profile_steps,
@@ -217,6 +220,8 @@ def _run(cfg, workdir: epath.Path, reporter, shard_fn, max_steps, profile_steps,
                            "mesh": mesh_description(run.plan)})
     stopped = False
     try:
+        if run.lock is None and run.primary:
+            run.lock = _take_lock(workdir)
         with run_control.StopRequests() as requests:
             while pos.phase_index < len(run.table.names) and not stopped:
                 state, stopped = run.run_phase(state, pos, log, peak, requests)
@@ -225,6 +230,8 @@ def _run(cfg, workdir: epath.Path, reporter, shard_fn, max_steps, profile_steps,
         run.store.wait()
         run.store.close()
         log.close()
+        if run.lock is not None:
+            run.lock.release()
     final_model = None
     if not stopped and cfg.checkpoint.get("export_final_model", True):
         # Every process writes its shards; process 0 the config and tokenizer.
