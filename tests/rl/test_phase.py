@@ -15,7 +15,9 @@ from ling_jax.train.schedules import make_schedule
 from ling_jax.train.tokenizer_setup import build_tokenizer
 from tests.rl.rl_fixtures import rl_experiment
 
-TIMING = ("step_time", "tokens_per_sec", "mfu", "time_rollout", "time_update")
+# Wall-clock measurements differ between any two runs; everything else must match bitwise.
+TIMING = ("step_time", "tokens_per_sec", "mfu", "time_rollout", "time_update", "time_data",
+          "time_step", "time_checkpoint")
 
 
 def _rl_records(workdir):
