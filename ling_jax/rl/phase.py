@@ -39,16 +39,19 @@ from ling_jax.rl.phase_optimizer import (
 from ling_jax.rl.plots import plot_rl
 from ling_jax.rl.reference import REFERENCE_DIR, reference_policy
 from ling_jax.rl.rollout import (
+    Rollouts,
     encode_prompts,
-    sample_groups,
+    rollouts_from,
     score_rollouts,
     sentence_ids,
+    take_rows,
     training_batch,
 )
 from ling_jax.rl.step_metrics import rollout_metrics
 from ling_jax.rl.update import UpdateConfig, minibatch_order
 from ling_jax.train.balancing import load_metrics
 from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
+from ling_jax.train.multihost import gather_json, host_value
 from ling_jax.train.phases import PhaseContext, phase_seed
 
 __all__ = ["REFERENCE_DIR", "RLPhase", "optimizer_config", "with_hyperparams"]
@@ -88,6 +91,8 @@ class RLPhase:
         difficulty = rl["eval_difficulty"] or sorted({d for s in self.stages for d in s.difficulty})
         self.eval_set = heldout_set(rl["eval_problems"], difficulty, seed=self.source["seed"])
         self.workdir = getattr(ctx, "workdir", None)
+        self.batch_rows = getattr(ctx, "rows_fn", None)
+        self.place_batch = getattr(ctx, "place_batch", None)
         if rl["kl_beta"] > 0 and self.workdir is None:
             raise ValueError(f"phases.{name}.rl.kl_beta > 0 needs PhaseContext.workdir to keep "
                              "the frozen reference policy across restarts")
@@ -183,30 +188,80 @@ class RLPhase:
         return state, metrics
 
     def _experience(self, state: dict, k: int, key: jax.Array) -> tuple[dict, dict]:
-        """Rollouts of phase step k scored into a training batch (with log π_old) + metrics."""
+        """Rollouts of phase step k scored into a training batch (with log π_old) + metrics.
+
+        Under a mesh the N = P × G rollout rows are laid out like any batch: each process
+        generates the rows its devices hold (whole groups), scores its own groups, and the
+        [P, G] rewards are shared so that every process builds the same advantages and metrics.
+        """
         rl, stage = self.rl, stage_at(self.stages, k)
         problems = self.problems(k)
+        n = self.prompts_per_step * self.group_size
+        rows = self._rows(n)
         # 1. rollout: G samples of each of the P prompts from the current policy
         ids, lengths = encode_prompts(self.tokenizer, [p.prompt for p in problems],
                                       self.max_prompt, self.pad_id)
-        rollouts = sample_groups(self._generate, state["params"], state["biases"], ids, lengths,
-                                 self.group_size, key, stage.max_response_tokens, self.tokenizer)
-        # 2. reward: answer + format + the stage's length reward, [P, G]
-        rewards, components = score_rollouts(rollouts, problems, self.group_size,
-                                             rl["reward_weights"], rl["reward_params"],
-                                             stage.length_alpha)
+        ids, lengths = (np.repeat(x, self.group_size, axis=0) for x in (ids, lengths))
+        prompt = self._place({"ids": ids[rows], "lengths": lengths[rows]})
+        out = self._generate(state["params"], state["biases"], prompt["ids"], prompt["lengths"],
+                             key, jnp.int32(stage.max_response_tokens))
+        rollouts = rollouts_from(ids, lengths, out, self.tokenizer)
+        # 2. reward: answer + format + the stage's length reward, [P, G]; each process scores
+        #    the groups it generated
+        rewards, components = self._rewards(rollouts, problems, rows, stage)
         # 3. advantage: group z-scores, laid out with the sentence ids as the update's batch
         sids = sentence_ids(rollouts, self.tokenizer, rl["pause_chars"], rl["objective"] == "lpo")
-        batch = jax.tree.map(jnp.asarray, training_batch(rollouts, rewards, sids,
-                                                         rl["advantage_eps"]))
+        full = training_batch(rollouts, rewards, sids, rl["advantage_eps"])
+        batch = self._place({f: x[rows] for f, x in full.items()})
         # 4. log π_old (and log π_ref) by the training forward; the update follows in step()
         inputs = {f: batch[f] for f in ("tokens", "positions", "segment_ids", "response")}
         batch["logp_old"], entropy = self._score(state["params"], state["biases"], inputs)
         if rl["kl_beta"] > 0:
             ref_params, ref_biases = self._reference(state, k)
             batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
+        seen = dict(full, logp_old=host_value(batch["logp_old"]))
         return batch, rollout_metrics(rollouts, problems, self.group_size, rewards, components,
-                                      batch, entropy, stage)
+                                      seen, host_value(entropy), stage)
+
+    def _rows(self, n: int) -> np.ndarray:
+        """The rollout rows this process generates (ascending): whole groups."""
+        rows = np.asarray(self.batch_rows(n) if self.batch_rows else range(n), np.int64)
+        groups = np.unique(rows // self.group_size)
+        if rows.size != groups.size * self.group_size:
+            raise ValueError(f"phases.{self.name}: a process holds part of a group of "
+                             f"{self.group_size} rollouts; make group_size × batch_size rows "
+                             "split into whole groups per batch shard")
+        return rows
+
+    def _place(self, batch: dict) -> dict:
+        """Host arrays of this process's rows -> the step's inputs (global arrays on a mesh)."""
+        if self.place_batch is None:
+            return {f: jnp.asarray(x) for f, x in batch.items()}
+        return self.place_batch(batch)
+
+    def _rewards(self, rollouts: Rollouts, problems, rows: np.ndarray, stage):
+        """[P, G] rewards and components; this process scores the groups of `rows`, then every
+        process gets every group's (a no-op with one process)."""
+        g = self.group_size
+        mine = [int(p) for p in np.unique(rows // g)]
+        local_rows = np.concatenate([np.arange(p * g, (p + 1) * g) for p in mine])
+        rewards, components = score_rollouts(take_rows(rollouts, local_rows),
+                                             [problems[p] for p in mine], g,
+                                             self.rl["reward_weights"], self.rl["reward_params"],
+                                             stage.length_alpha)
+        if jax.process_count() == 1 and len(mine) == len(problems):
+            return rewards, components
+        full_r = np.zeros((len(problems), g), np.float64)
+        full_c = {name: np.zeros((len(problems), g), np.float64) for name in components}
+        shared = gather_json({"groups": mine, "rewards": np.asarray(rewards).tolist(),
+                              "components": {c: np.asarray(v).tolist()
+                                             for c, v in components.items()}})
+        for part in shared:
+            full_r[part["groups"]] = part["rewards"]
+            for name, v in part["components"].items():
+                full_c[name][part["groups"]] = v
+        return full_r.astype(np.asarray(rewards).dtype), {
+            c: v.astype(np.asarray(components[c]).dtype) for c, v in full_c.items()}
 
     def _reference(self, state: dict, step_in_phase: int):
         """(params, biases) of the phase start (kl_beta > 0), kept under the workdir."""

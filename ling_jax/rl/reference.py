@@ -20,7 +20,9 @@ def reference_policy(workdir, name: str, state: dict, step_in_phase: int) -> tup
     tree = {"params": state["params"], "biases": state["biases"]}
     with ocp.StandardCheckpointer() as ckpt:
         if path.exists():
-            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+            # Onto the live state's shardings: the run may resume on another mesh or process count.
+            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                 sharding=x.sharding), tree)
             tree = ckpt.restore(path, target)
         elif step_in_phase == 0:
             tree = jax.tree.map(jnp.copy, tree)

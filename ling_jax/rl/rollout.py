@@ -21,6 +21,7 @@ from ling_jax.model.decode import left_pad
 from ling_jax.rl.advantages import group_advantages
 from ling_jax.rl.rewards import RolloutGroup, score_groups
 from ling_jax.rl.segmentation import batch_sentence_ids
+from ling_jax.train.multihost import host_value
 
 
 @dataclasses.dataclass
@@ -54,11 +55,24 @@ def sample_groups(generate_fn, params, biases, prompt_ids: np.ndarray, prompt_le
     lengths = np.repeat(prompt_lengths, group_size, axis=0)
     out = generate_fn(params, biases, jnp.asarray(ids), jnp.asarray(lengths), key,
                       jnp.int32(max_steps))
-    response, logp, counts, finished = jax.device_get(
-        (out.tokens, out.logprobs, out.lengths, out.finished))
+    return rollouts_from(ids, lengths, out, tokenizer)
+
+
+def rollouts_from(ids: np.ndarray, lengths: np.ndarray, out, tokenizer) -> Rollouts:
+    """Rollouts of the rows `ids` [N, P] / `lengths` [N] from a decode.Generation over all N rows
+    (a multi-process one is gathered: every process calls this for the same step)."""
+    response, logp, counts, finished = (host_value(x) for x in
+                                        (out.tokens, out.logprobs, out.lengths, out.finished))
     texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(response, counts, strict=True)]
     return Rollouts(ids, lengths, np.asarray(response), np.asarray(logp, np.float32),
                     np.asarray(counts), np.asarray(finished), texts)
+
+
+def take_rows(rollouts: Rollouts, rows: np.ndarray) -> Rollouts:
+    """The rollouts of `rows` (in that order)."""
+    arrays = {f.name: getattr(rollouts, f.name)[rows] for f in dataclasses.fields(Rollouts)
+              if f.name != "texts"}
+    return Rollouts(**arrays, texts=[rollouts.texts[int(r)] for r in rows])
 
 
 def response_mask(lengths: np.ndarray, slots: int) -> np.ndarray:

@@ -45,6 +45,10 @@ def merge_run_checkpoints(workdir: pathlib.Path, *, out: pathlib.Path, steps: li
     first = cfg.phases[phase_names(cfg)[0]]
     abstract = jax.eval_shape(lambda: init_state(cfg, make_phase_optimizer(
         PhaseContext(cfg, None, 0, 0), first)))
+    # Restored onto this host's first device, whatever processes and mesh wrote the checkpoints.
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+                            abstract)
     trees = []
     for step in steps:
         state, _, _ = store.restore(step, abstract_state=abstract)

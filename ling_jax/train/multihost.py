@@ -44,3 +44,13 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def host_value(x) -> np.ndarray:
+    """The whole value of an array on this host: a multi-process array's shards on other hosts are
+    gathered (every process must call this for the same array, in the same order)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

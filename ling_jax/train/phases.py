@@ -43,6 +43,9 @@ class PhaseContext:
     # (global batch size) -> the rows of each global batch that this process reads (ascending);
     # None: the contiguous block of process_index.
     rows_fn: Any = None
+    # host batch of this process's rows (those of rows_fn, ascending) -> global arrays on the
+    # mesh; None: one device (jnp.asarray).
+    place_batch: Any = None
 
     def batch_rows(self, batch_size: int) -> list[int] | None:
         return None if self.rows_fn is None else self.rows_fn(batch_size)
