@@ -76,14 +76,19 @@ class _Run:
                                               cfg.phases[self.table.names[0]])
         self._abstract, self.lock = None, None
         has_store = (workdir / "checkpoints").exists()
-        self.store = resume.open_store(cfg, workdir) if has_store else None
+        self.store = None
         try:
+            if has_store:
+                # An existing run: lock before opening its store (opening one tidies temporary
+                # save directories, which must not happen under another live run's save).
+                self.lock = _take_lock(workdir)
+                self.store = resume.open_store(cfg, workdir)
             self.resume, meta = resume.resume_point(self.store, restore_step)
             first = int(meta.get("phase_index", 0))
             self.plan, self.shard_fn = phase_switch.run_sharding(
                 cfg, self.table, shard_fn, first, max_steps, lambda: self.abstract)
             if self.primary:  # the other hosts would race its write
-                self.lock = _take_lock(workdir)
+                self.lock = self.lock or _take_lock(workdir)
                 resume.check_workdir(workdir, cfg)
         except BaseException:
             if self.store is not None:

@@ -93,7 +93,9 @@ def initial_state(cfg, optimizer, store: CheckpointStore, resume: int | None,
     else:
         one, tree = SingleDeviceSharding(jax.devices()[0]), abstract()
         target = with_shardings(tree, jax.tree.map(lambda _: one, tree))
-    state, meta, data_state = store.restore(resume, abstract_state=target)
+    # resume_point verified the step's files against its manifest already: read them once more,
+    # not twice.
+    state, meta, data_state = store.restore(resume, abstract_state=target, verify=False)
     index, step = meta["phase_index"], meta["step_in_phase"]
     return state, Position(index, step, int(starts[index] + step), data_state)
 
