@@ -45,6 +45,10 @@ def run() -> None:
     module = importlib.import_module(f"ling_jax.cli.{SUBCOMMANDS[name]}")
     from absl import app
 
+    from ling_jax.cli import quiet_failures
+
+    quiet_failures.install()  # a failed checkpoint write stays one line
+
     app.run(module.main, argv=[f"ling-jax {name}", *sys.argv[2:]], flags_parser=parse_flags)
 
 
