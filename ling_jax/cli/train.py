@@ -130,6 +130,9 @@ def main(argv) -> None:
                                 restore_step=_RESTORE_STEP.value)
     except NonFiniteError as e:
         _exit(f"ling-jax: error: {e}", EXIT_NONFINITE, multi)
+    except KeyboardInterrupt:  # Ctrl-C before the loop listens for it, or a second Ctrl-C
+        _exit("ling-jax: interrupted; rerun the same command to resume from the last complete "
+              "checkpoint", EXIT_INTERRUPTED, multi)
     except Exception as e:  # noqa: BLE001  (multi-process: a lost peer surfaces here)
         if not multi or isinstance(e, ValueError):
             raise

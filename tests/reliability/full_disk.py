@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -26,4 +27,4 @@ def tiny_tmpfs_prefix(mount_point: os.PathLike, size: str) -> tuple[str, ...]:
 def progress_free(stderr: str) -> list[str]:
     """stderr lines without tqdm's progress-bar redraws (they are separated by carriage returns)."""
     return [line for line in stderr.replace("\r", "\n").splitlines()
-            if line.strip() and "it/s" not in line and "/s]" not in line]
+            if line.strip() and not re.search(r"\d+%\|", line)]
