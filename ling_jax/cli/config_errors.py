@@ -24,6 +24,13 @@ _PART = re.compile(r"([A-Za-z_]\w*)((?:\[-?\d+\])*)$")
 
 def _flag_values(argv: Sequence[str], name: str) -> tuple[str | None, list[str]]:
     """(value of --name, override paths of --name.PATH=...) as given on the command line."""
+    file, overrides = _flag_file_and_overrides(argv, name)
+    return file, [path for path, _ in overrides]
+
+
+def _flag_file_and_overrides(argv: Sequence[str], name: str
+                             ) -> tuple[str | None, list[tuple[str, str]]]:
+    """(value of --name, (PATH, VALUE) of each --name.PATH=VALUE) as given on the command line."""
     file, overrides, args = None, [], list(argv)
     for i, arg in enumerate(args):
         if arg in (f"--{name}", f"-{name}") and i + 1 < len(args):
@@ -31,7 +38,8 @@ def _flag_values(argv: Sequence[str], name: str) -> tuple[str | None, list[str]]
         elif arg.startswith((f"--{name}=", f"-{name}=")):
             file = arg.split("=", 1)[1]
         elif arg.startswith((f"--{name}.", f"-{name}.")):
-            overrides.append(arg.split(".", 1)[1].split("=", 1)[0])
+            path, _, value = arg.split(".", 1)[1].partition("=")
+            overrides.append((path, value or "VALUE"))
     return file, overrides
 
 
@@ -66,7 +74,7 @@ def _unknown(flag: str, where: str, name: str, node: Any) -> str:
     return f"--{flag}: {where or 'the config'} has no field '{name}'; {hint}"
 
 
-def _check_path(flag: str, cfg: Any, path: str) -> str | None:
+def _check_path(flag: str, cfg: Any, path: str, value: str = "VALUE") -> str | None:
     """Why override `path` does not name a field of `cfg` (None when it does)."""
     node, walked = cfg, ""
     for part in path.split("."):
@@ -74,7 +82,7 @@ def _check_path(flag: str, cfg: Any, path: str) -> str | None:
             if part.lstrip("-").isdigit():
                 rest = path[len(walked) + 1 + len(part):]
                 return (f"--{flag}: '{walked}' is a list; index it as {walked}[{part}]{rest} "
-                        f"(--config.{walked}[{part}]{rest}=VALUE)")
+                        f'("--config.{walked}[{part}]{rest}={value}")')
             return f"--{flag}: '{walked}' is a list; index it as {walked}[0]"
         match = _PART.match(part)
         if not match:
@@ -96,15 +104,15 @@ def _check_path(flag: str, cfg: Any, path: str) -> str | None:
 
 def explain(argv: Sequence[str], error: BaseException, name: str = "config") -> str:
     """One line for `error`, raised while absl parsed `argv` holding --config (and overrides)."""
-    file, overrides = _flag_values(argv, name)
+    file, overrides = _flag_file_and_overrides(argv, name)
     if file is None:
         return f"flags: {error_cause(error)}"
     try:
         cfg = _load(file)
     except ValueError as e:
         return str(e)
-    for path in overrides:
-        problem = _check_path(f"{name}.{path}", cfg, path)
+    for path, value in overrides:
+        problem = _check_path(f"{name}.{path}", cfg, path, value)
         if problem:
             return problem
     return f"--{name} overrides: {error_cause(error)}"

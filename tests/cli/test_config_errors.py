@@ -67,3 +67,10 @@ def test_a_field_inside_a_none_is_named_with_the_fix():
 
     line = explain(["--config", CONFIG, "--config.phases.pretrain.rope.theta=1e5"], KeyError("x"))
     assert "'phases.pretrain.rope' is None" in line and "in the config file" in line, line
+
+
+def test_dotted_list_index_gets_the_quoted_form_to_type():
+    from ling_jax.cli.config_errors import explain
+
+    line = explain(["--config", CONFIG, "--config.phases.rl.rl.stages.0.steps=1"], KeyError("0"))
+    assert line.endswith('("--config.phases.rl.rl.stages[0].steps=1")'), line
