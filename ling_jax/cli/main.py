@@ -35,29 +35,47 @@ def run() -> None:
     if name not in SUBCOMMANDS:
         print(f"ling-jax: unknown subcommand {name!r}. {_usage()}", file=sys.stderr)
         sys.exit(2)
+    from ling_jax.cli.help import subcommand_help, wants_help
+
+    if wants_help(sys.argv[2:]):  # the subcommand's own flags, not absl's generic usage line
+        print(subcommand_help(name, importlib.import_module(f"ling_jax.cli.{SUBCOMMANDS[name]}")),
+              end="")
+        sys.exit(0)
     host_allocator.restart_with_tuned_allocator()  # before the subcommand imports JAX
     module = importlib.import_module(f"ling_jax.cli.{SUBCOMMANDS[name]}")
     from absl import app
+
+    from ling_jax.cli import quiet_failures
+
+    quiet_failures.install()  # a failed checkpoint write stays one line
 
     app.run(module.main, argv=[f"ling-jax {name}", *sys.argv[2:]], flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with config-file and override failures as one line (exit 1)."""
-    from absl import app, flags
+    """absl's flag parsing, with a bad flag, config file or override as one line (exit 1)."""
+    from absl import flags
 
     try:
-        args = app.parse_flags_with_usage(argv)
+        args = flags.FLAGS(argv)
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS["config"].value.keys()  # config_flags defers a load failure to first use
         return args
-    except (KeyError, AttributeError, ValueError, TypeError, OSError, SyntaxError) as e:
-        if isinstance(e, flags.Error):
-            raise
+    except flags.Error as e:  # a value of the wrong type, a whole list, an unknown flag
+        from ling_jax.cli.config_errors import explain_flag_error
+
+        command = argv[0].removeprefix("ling-jax ")
+        _fail(explain_flag_error(argv[1:], e, command))
+    except (KeyError, AttributeError, ValueError, TypeError, OSError, SyntaxError,
+            IndexError) as e:
         from ling_jax.cli.config_errors import explain
 
-        print(f"ling-jax: error: {explain(argv[1:], e)}", file=sys.stderr)
-        sys.exit(1)
+        _fail(explain(argv[1:], e))
+
+
+def _fail(line: str) -> None:
+    print(f"ling-jax: error: {line}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class ProgressReporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _sample(result, cfg, max_new: int) -> str:
@@ -129,12 +130,16 @@ def main(argv) -> None:
                                 max_steps=_MAX_STEPS.value, profile_steps=profile_steps,
                                 restore_step=_RESTORE_STEP.value)
     except NonFiniteError as e:
-        _exit(f"ling-jax: error: {e}", EXIT_NONFINITE, multi)
+        _exit(f"ling-jax: error: {e}", EXIT_NONFINITE, multi, reporter)
+    except KeyboardInterrupt:  # Ctrl-C before the loop listens for it, or a second Ctrl-C
+        _exit("ling-jax: interrupted; rerun the same command to resume from the last complete "
+              "checkpoint", EXIT_INTERRUPTED, multi, reporter)
     except Exception as e:  # noqa: BLE001  (multi-process: a lost peer surfaces here)
         if not multi or isinstance(e, ValueError):
             raise
         _exit(f"ling-jax: error: {distributed.describe_failure(e)}; rerun the same command on "
-              "every process to resume from the last checkpoint", EXIT_LOST_PROCESS, multi)
+              "every process to resume from the last checkpoint", EXIT_LOST_PROCESS, multi,
+              reporter)
     finally:
         if reporter is not None:
             reporter.close()
@@ -148,9 +153,13 @@ def main(argv) -> None:
         _exit(None, code, multi)
 
 
-def _exit(message: str | None, code: int, multi: bool) -> None:
+def _exit(message: str | None, code: int, multi: bool,
+          reporter: ProgressReporter | None = None) -> None:
     """Print one line and exit with `code`; a multi-process run skips JAX's exit handlers, whose
-    distributed shutdown aborts when a peer is gone."""
+    distributed shutdown aborts when a peer is gone. The progress bar is closed first, so the
+    line starts a line of its own."""
+    if reporter is not None:
+        reporter.close()
     if message:
         print(message, file=sys.stderr)
     if multi:

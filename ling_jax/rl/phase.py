@@ -68,6 +68,12 @@ class RLPhase:
         except ValueError as e:
             raise ExperimentError(str(e)) from None
 
+    @staticmethod
+    def optimizer_updates(phase) -> int:
+        """Optimizer updates of the phase (its schedule's default total_steps): K per RL step."""
+        rl = rl_settings(phase)
+        return phase_steps(phase) * int(rl["epochs"]) * int(rl["minibatches"])
+
     def __init__(self, ctx: PhaseContext, name: str, phase):
         exp, rl = ctx.experiment, rl_settings(phase)
         self.name, self.steps, self.rl, self.tokenizer = name, phase_steps(phase), rl, ctx.tokenizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ling_jax.train.experiment import phase_steps
+from ling_jax.train.experiment import phase_schedule, phase_steps
 from ling_jax.train.optimizer import make_optimizer
 from ling_jax.train.phases import PhaseContext
 from ling_jax.train.schedules import make_schedule
@@ -20,8 +20,7 @@ def optimizer_config(ctx: PhaseContext, rl: dict) -> dict:
 def phase_optimizer(ctx: PhaseContext, phase, rl: dict, updates_per_step: int, reset: bool):
     """AdamW whose schedule counts optimizer updates (K per RL step) from the phase start: from 0
     when the phase starts from a fresh optimizer state, else from the carried update count."""
-    lr = dict(phase.lr)
-    lr.setdefault("total_steps", phase_steps(phase) * updates_per_step)
+    lr = phase_schedule(phase, phase_steps(phase) * updates_per_step)
     lr["start_step"] = 0 if reset else ctx.start_step
     return make_optimizer(optimizer_config(ctx, rl), make_schedule(lr))
 

@@ -12,6 +12,7 @@ Phases are addressed by name so CLI overrides read `--config.phases.pretrain.ste
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
@@ -19,6 +20,7 @@ import ml_collections
 from ling_jax.config import ConfigError, validate_model_config
 from ling_jax.data.config import validate_data_config
 from ling_jax.parallel.mesh import mesh_block
+from ling_jax.paths import is_url
 from ling_jax.train.phase_kinds import kind_names, phase_kind
 from ling_jax.train.schedules import make_schedule
 
@@ -48,6 +50,18 @@ def phase_steps(phase) -> int:
         return int(phase.steps)
     per_step = phase.seq_len * phase.batch_size
     return -(-int(phase.tokens) // per_step)
+
+
+def phase_schedule(phase, updates: int) -> dict:
+    """The phase's `lr` block with total_steps defaulting to its optimizer updates."""
+    lr = dict(phase.lr)
+    lr.setdefault("total_steps", updates)
+    return lr
+
+
+def _updates_note(phase) -> str:
+    return ("an rl phase's schedule counts optimizer updates: steps x rl.epochs x rl.minibatches"
+            if phase.kind == "rl" else f"the phase has {phase_steps(phase)} steps")
 
 
 def phase_model_config(model_cfg, phase) -> ml_collections.ConfigDict:
@@ -94,7 +108,26 @@ def _validate_phase(name: str, phase, cfg) -> None:
     except ValueError as e:
         raise ExperimentError(f"{where}.data: {e}") from None
     _require(phase.bias_update_rate >= 0, f"{where}.bias_update_rate", "must be >= 0")
-    phase_kind(phase.kind).validate(name, phase, cfg)
+    kind = phase_kind(phase.kind)
+    kind.validate(name, phase, cfg)
+    try:  # the length the runner gives it: warmup > phase length fails here, not mid-run
+        make_schedule(phase_schedule(phase, getattr(kind, "optimizer_updates", phase_steps)(phase)))
+    except ValueError as e:
+        raise ExperimentError(f"{where}.lr: {e} ({_updates_note(phase)})") from None
+
+
+def _validate_tokenizer(tok) -> None:
+    _require(tok.kind in ("builtin", "hf"), "tokenizer.kind",
+             f"{tok.kind!r} is not one of ['builtin', 'hf']")
+    if tok.kind != "hf":
+        return
+    path = str(tok.get("path", "") or "")
+    _require(bool(path), "tokenizer.path", "kind 'hf' needs the path of a tokenizer.json")
+    if is_url(path):
+        return
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    _require(os.path.isfile(file), "tokenizer.path",
+             f"{os.path.abspath(file)} does not exist; give a tokenizer.json (or its directory)")
 
 
 def validate_experiment(cfg) -> None:
@@ -112,8 +145,7 @@ def validate_experiment(cfg) -> None:
         _require(name in cfg.phases, "phase_order", f"names phase {name!r} missing from `phases` "
                  f"(defined: {sorted(cfg.phases.keys())})")
         _validate_phase(name, cfg.phases[name], cfg)
-    _require(cfg.tokenizer.kind in ("builtin", "hf"), "tokenizer.kind",
-             f"{cfg.tokenizer.kind!r} is not one of ['builtin', 'hf']")
+    _validate_tokenizer(cfg.tokenizer)
     _require(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
     every = cfg.get("fp8_monitor_every", 0)
     _require(isinstance(every, int) and every >= 0, "fp8_monitor_every",

@@ -7,11 +7,13 @@ workdir through etils.epath; the loop syncs at every checkpoint save and at the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -62,6 +64,17 @@ def _kept_lines(text: str, resume_step: int) -> str:
     return "".join(line + "\n" for line in kept)
 
 
+@contextlib.contextmanager
+def _naming(path: pathlib.Path) -> Iterator[None]:
+    """A write error on an open file (a full disk) names the file, as open() errors do."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 class MetricsLog:
     """Appends one JSON object per step; on resume, drops lines past the restored step.
 
@@ -90,8 +103,9 @@ class MetricsLog:
             self._tb = SummaryWriter(str(self.local_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with _naming(self.path):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._tb is not None:
             extra = [k for k in record if k.startswith(("fp8/min_cosine", "fp8/max_underflow"))]
             for key in (*SCALAR_KEYS, *extra):
@@ -109,14 +123,16 @@ class MetricsLog:
     def sync(self) -> None:
         """Copy new or changed staged files to the workdir (no-op for a local workdir)."""
         if not self._file.closed:
-            self._file.flush()
+            with _naming(self.path):
+                self._file.flush()
         if self._tb is not None:
             self._tb.flush()
         if self._staged:
             upload_tree(self.local_dir, self.workdir, self._synced)
 
     def close(self) -> None:
-        self._file.close()
+        with _naming(self.path):
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None

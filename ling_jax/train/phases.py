@@ -22,7 +22,7 @@ from flax import nnx
 from ling_jax.data.pipeline import make_pipeline
 from ling_jax.model.moe import ExpertBias
 from ling_jax.model.transformer import LingForCausalLM
-from ling_jax.train.experiment import phase_model_config, phase_steps
+from ling_jax.train.experiment import phase_model_config, phase_schedule, phase_steps
 from ling_jax.train.optimizer import make_optimizer
 from ling_jax.train.schedules import make_schedule
 from ling_jax.train.step import StepConfig, train_step
@@ -68,8 +68,7 @@ def phase_graphdef(model_cfg):
 
 
 def make_phase_optimizer(ctx: PhaseContext, phase):
-    lr = dict(phase.lr)
-    lr.setdefault("total_steps", phase_steps(phase))
+    lr = phase_schedule(phase, LMPhase.optimizer_updates(phase))
     lr["start_step"] = ctx.start_step
     return make_optimizer(ctx.experiment.optimizer, make_schedule(lr))
 
@@ -84,6 +83,11 @@ class LMPhase:
     @staticmethod
     def validate(name: str, phase, cfg) -> None:
         del name, phase, cfg  # everything an LM phase needs is checked by validate_experiment
+
+    @staticmethod
+    def optimizer_updates(phase) -> int:
+        """Optimizer updates of the phase (its schedule's default total_steps): one per step."""
+        return phase_steps(phase)
 
     def __init__(self, ctx: PhaseContext, name: str, phase):
         exp = ctx.experiment

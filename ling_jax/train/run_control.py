@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 
 from ling_jax.train import multihost
@@ -75,11 +76,13 @@ class NonFiniteGuard:
         if self.limit and self.in_a_row >= self.limit:
             kept = (f"the last checkpoint is step {last_checkpoint}" if last_checkpoint
                     else "no checkpoint was written")
+            lr = record.get("lr")
+            bad = [f"{k} {record[k]}" for k in ("loss", "grad_norm")
+                   if k in record and not math.isfinite(record[k])] or [f"the update (lr {lr})"]
             raise NonFiniteError(
-                f"step {record['step']} ({record['phase']}): loss {record.get('loss')} / grad_norm "
-                f"{record.get('grad_norm')} not finite for {self.in_a_row} steps in a row (skipped, "
-                f"nothing saved); likely a too-high learning rate (lr {record.get('lr')}), bad data "
-                f"or a corrupt checkpoint; {kept}")
+                f"step {record['step']} ({record['phase']}): {' / '.join(bad)} not finite for "
+                f"{self.in_a_row} steps in a row (skipped, nothing saved); likely a too-high "
+                f"learning rate (lr {lr}), bad data or a corrupt checkpoint; {kept}")
 
 
 @dataclasses.dataclass

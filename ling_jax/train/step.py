@@ -116,13 +116,14 @@ def train_step(state: TrainState, batch: dict, *, graphdef, optimizer: optax.Gra
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(global_norm(updates))
     params = optax.apply_updates(state["params"], updates)
     biases = update_biases(state["biases"], aux["counts"], sc.bias_update_rate, sc.num_moe)
+    lr = current_lr(opt_state)  # of the attempted update (a skipped step keeps the old state)
     params, biases, opt_state = keep_if_finite(
         finite, (params, biases, opt_state), (state["params"], state["biases"], state["opt_state"]))
     mtp = (aux["mtp_sums"] / jnp.stack(norms["mtp"])).mean() if sc.num_mtp else jnp.zeros(())
     metrics = {
         "loss": loss, "lm_loss": aux["lm_sum"] / norms["lm"], "mtp_loss": mtp,
         "z_loss": aux["z_sum"] / norms["tokens"] / max(sc.num_moe + sc.num_mtp, 1),
-        "grad_norm": grad_norm, "lr": current_lr(opt_state), "target_tokens": norms["lm"],
+        "grad_norm": grad_norm, "lr": lr, "target_tokens": norms["lm"],
         "tokens": norms["tokens"],
         "ep_dropped_tokens": aux["dropped"],  # (token, expert) rows over EP capacity (0: dropless)
         "nonfinite": 1.0 - finite.astype(jnp.float32),  # 1: this step was skipped

@@ -63,6 +63,8 @@ def test_nonfinite_step_is_not_applied(setup, fault):
     before = jax.tree.map(np.asarray, state)
     after, metrics = step(jax.tree.map(jnp.copy, state), batch)
     assert float(metrics["nonfinite"]) == 1.0
+    if fault == "inf_lr":  # the lr of the attempted update, not of the state kept
+        assert float(metrics["lr"]) == float("inf")
     for key in ("params", "biases", "opt_state"):
         assert _same(after[key], before[key]), key
     assert int(after["step"]) == int(before["step"]) + 1  # the step is counted, not applied
