@@ -84,15 +84,17 @@ def test_logits_from_checkpoint_and_hf_match_fixture(checkpoint, bailing_tiny_di
 
 
 def test_export_hf_cli_round_trips(checkpoint, bailing_tiny_dir, tmp_path):
+    from ling_jax.data.tokenizers import train_bpe
+
     tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "tokenizer.json").write_text('{"version": "1.0"}')
+    train_bpe(["one two three"] * 10, 270, tok / "tokenizer.json", min_frequency=1)
     out = tmp_path / "hf"
     result = cli("export-hf", "--checkpoint", checkpoint, "--out", out, "--dtype", "float32",
                  "--max_shard_size", "400KB", "--tokenizer", tok)
     assert result.returncode == 0, result.stderr
     assert (out / "model.safetensors.index.json").exists()
-    assert (out / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    assert (out / "tokenizer.json").read_text() == (tok / "tokenizer.json").read_text()
+    assert (out / "tokenizer_config.json").is_file() and (out / "generation_config.json").is_file()
     ours, ref = read_tensors(out), read_tensors(bailing_tiny_dir)
     assert sorted(ours) == sorted(ref)
     assert all(ours[k].dtype == ref[k].dtype and bool((ours[k] == ref[k]).all()) for k in ref)
