@@ -201,6 +201,10 @@ def export_hf(model, cfg, out_dir: str | os.PathLike, *, dtype: str = "bfloat16"
     tokenizer = check_export_args(out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes,
                                   tokenizer_dir=tokenizer_dir, chat_template=chat_template,
                                   overwrite=overwrite)
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.tokenizer_json} has {tokenizer.vocab_size} tokens, "
+                         f"more than the model's vocab_size {cfg.vocab_size}; pass the model's own "
+                         "tokenizer")
     state = model if isinstance(model, dict) else nnx.state(model).to_pure_dict()
     config = export_config(cfg, dtype, tokenizer)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:

@@ -30,6 +30,7 @@ class TokenizerSource:
     side_files: tuple[pathlib.Path, ...]  # tokenizer_config / special_tokens_map / *.model ...
     special_tokens: dict[str, str]  # bos_token / eos_token / pad_token → token text
     token_ids: dict[str, int]  # bos_token_id / eos_token_id / pad_token_id
+    vocab_size: int
 
 
 def _read_json(file: pathlib.Path) -> dict:
@@ -63,7 +64,8 @@ def check_tokenizer(path: str | os.PathLike) -> TokenizerSource:
     tokens = {k.removesuffix("_id"): tok.tok.id_to_token(v) for k, v in ids.items()}
     side = [file.parent / n for n in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GENERATION_CONFIG)]
     side += sorted(file.parent.glob("*.model"))
-    return TokenizerSource(file, tuple(p for p in side if p.is_file()), tokens, ids)
+    return TokenizerSource(file, tuple(p for p in side if p.is_file()), tokens, ids,
+                           int(tok.vocab_size))
 
 
 def tokenizer_config(source: TokenizerSource, *, chat_template: str | None,
