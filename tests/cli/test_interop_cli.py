@@ -197,6 +197,10 @@ def test_export_hf_rejects_bad_inputs(checkpoint, tmp_path):
          ["--max_shard_size"]),
         (("--checkpoint", checkpoint, "--out", out, "--tokenizer", tmp_path / "notok"),
          ["tokenizer directory", "notok"]),
+        (("--checkpoint", checkpoint, "--out", out, "--no_tokenizer", "--chat_template",
+          tmp_path / "t.jinja"), ["--no_tokenizer contradicts"]),
+        (("--checkpoint", checkpoint, "--out", out, "--chat_template", tmp_path / "none.jinja"),
+         ["--chat_template", "none.jinja", "not found"]),
     ]
     results = run_all([("export-hf", *args) for args, _ in cases])
     for (_, needles), result in zip(cases, results, strict=True):
