@@ -78,6 +78,7 @@ def tokenizer_config(source: TokenizerSource, *, chat_template: str | None,
         "add_bos_token": False,  # ling-jax encodes without special tokens
         "add_eos_token": False,
         "model_max_length": model_max_length,
+        "padding_side": "left",  # batched generate() pads prompts on the left
     }
     for key, token in source.special_tokens.items():
         config.setdefault(key, token)

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", 
 TEXTS = ["The cat sat on the mat and purred.", "Two plus three is five, said the owl.",
          "A red fox jumps over the lazy dog."]
 PROMPT = "Two plus three"
+BATCH = ["The cat", "A red fox jumps over", PROMPT]  # different lengths: left padding
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
 
 
@@ -116,10 +118,17 @@ def exports(imported, tokenizer_dir, tmp_path_factory):
     return out
 
 
+@nnx.jit
+def forward(model, ids):
+    """One compile for every float32 import of the fixture (same graph, same shapes)."""
+    out = model(ids)
+    return out.logits, out.mtp_logits
+
+
 def ling_jax_logits(hf_dir, ids) -> tuple[np.ndarray, np.ndarray]:
     model, _ = hf_import.load_model(hf_dir)  # float32, FP8 dequantised
-    out = model(jax.numpy.asarray(ids))
-    return np.asarray(out.logits, np.float64), np.asarray(out.mtp_logits, np.float64)
+    logits, mtp_logits = forward(model, jax.numpy.asarray(ids))
+    return np.asarray(logits, np.float64), np.asarray(mtp_logits, np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +185,8 @@ def test_one_line_fp32_load_matches_ling_jax(name, loaded, imported, reference):
     arrays, answer = loaded[name]
     assert answer["param_dtype"] == "torch.float32"
     assert answer["module"].endswith("modeling_bailing_moe_v2")
-    ours = np.asarray(imported[0](jax.numpy.asarray(reference["input_ids"])).logits, np.float64)
+    ours = np.asarray(forward(imported[0], jax.numpy.asarray(reference["input_ids"]))[0],
+                      np.float64)
     assert max_diff(arrays["logits"], ours) <= 1e-4
     assert max_diff(arrays["logits"], reference["logits"]) <= 1e-4
     assert (arrays["logits"].argmax(-1) == ours.argmax(-1)).all()
@@ -287,26 +297,29 @@ def trained(tmp_path_factory):
     prompt_ids = tokenizer.encode(PROMPT)
     ids = generate_text_ids(model, [prompt_ids], jax.random.key(0), max_new_tokens=64,
                             sampling=sampling)[0]
-    return root, tokenizer, prompt_ids, ids
+    batch = [tokenizer.encode(text) for text in BATCH]
+    batch_ids = generate_text_ids(model, batch, jax.random.key(0), max_new_tokens=64,
+                                  sampling=sampling)
+    return root, tokenizer, prompt_ids, ids, batch_ids
 
 
 @pytest.fixture(scope="module")
 def generated(trained, tmp_path_factory):
-    root, _, _, _ = trained
+    root = trained[0]
     out = root / "ljx_trained"
     result = subprocess.run([sys.executable, "-c", ENTRY, "export-hf", "--checkpoint",
                              root / "final_model", "--out", out, "--dtype", "float32"],
                             capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stderr
     upstream = with_upstream_code(out, root / "ljx_up_trained")
-    jobs = [dict(dir=str(out), prompt=PROMPT),
+    jobs = [dict(dir=str(out), prompt=PROMPT, batch=BATCH),
             dict(dir=str(upstream), prompt=PROMPT, explicit_cache=True)]
     arrays, answers = run_user(jobs, tmp_path_factory.mktemp("user_gen"))
     return out, [(arrays[f"tokens_{i}"], answers[str(i)]) for i in range(len(jobs))]
 
 
 def test_default_greedy_generate_matches_ling_jax_and_stops_at_eos(trained, generated):
-    _, tokenizer, prompt_ids, ours = trained
+    _, tokenizer, prompt_ids, ours, _ = trained
     _, [(tokens, answer), (upstream_tokens, _)] = generated
     assert answer["prompt_ids"] == prompt_ids  # AutoTokenizer encodes like ling-jax
     assert answer["round_trip"]
@@ -318,6 +331,14 @@ def test_default_greedy_generate_matches_ling_jax_and_stops_at_eos(trained, gene
     assert (answer["bos_token_id"], answer["pad_token_id"]) == (1, 2)
 
 
+def test_left_padded_batch_generate_matches_ling_jax(trained, generated):
+    _, tokenizer, _, _, batch_ids = trained
+    _, [(_, answer), _] = generated
+    assert answer["padding_side"] == "left"
+    eos = tokenizer.eos_id
+    assert answer["batch_tokens"] == [[*row, eos] if len(row) < 64 else row for row in batch_ids]
+
+
 def test_cli_exports_the_run_tokenizer_by_default(generated):
     out, _ = generated
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -326,3 +347,44 @@ def test_cli_exports_the_run_tokenizer_by_default(generated):
     config = json.loads((out / "config.json").read_text())
     assert (config["eos_token_id"], config["pad_token_id"], config["torch_dtype"]) == (
         0, 2, "float32")
+
+
+@pytest.mark.slow
+def test_short_colab_tiny_run_exports_and_generates_like_ling_jax(tmp_path):
+    """The acceptance path: a shortened `ling-jax train` of experiments/colab_tiny.py, then
+    `export-hf` with no tokenizer flag; default greedy generate() in transformers prints the text
+    `ling-jax generate` prints (same default length, same EOS)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    config = tmp_path / "short.py"
+    config.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(root / 'experiments')!r})\n"
+        "import colab_tiny\n"
+        "from ling_jax.train.experiment import with_phase_defaults\n\n"
+        "def get_config():\n"
+        "    cfg = colab_tiny.get_config()\n"
+        "    for name, steps in (('pretrain', 10), ('midtrain', 30)):\n"
+        "        cfg.phases[name].steps, cfg.phases[name].lr.warmup_steps = steps, 2\n"
+        "    rl = colab_tiny.rl_phase(steps=2)\n"
+        "    rl.update(batch_size=4, lr=dict(rl['lr'], warmup_steps=1))\n"
+        "    rl['rl'].update(eval_problems=16)\n"
+        "    cfg.phases.rl = with_phase_defaults(rl)\n"
+        "    return cfg\n")
+    workdir, out = tmp_path / "run", tmp_path / "ljx_colab_export"
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-c", ENTRY, *map(str, args)], cwd=root,
+                                capture_output=True, text=True, env=ENV, timeout=1200)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    cli("train", "--config", config, f"--workdir={workdir}")
+    cli("export-hf", "--checkpoint", workdir / "final_model", "--out", out, "--dtype", "float32")
+    prompt = ("Question: Ann has 3 apples. Then Ann finds 4 more. How many apples does Ann have "
+              "now?\nAnswer:\n")
+    printed = cli("generate", "--checkpoint", workdir / "final_model", "--prompt", prompt)
+    arrays, answers = run_user([dict(dir=str(out), prompt=prompt)], tmp_path)
+    assert printed.split("\n" + "-" * 40)[0] == prompt + answers["0"]["text"]
+    tokens = arrays["tokens_0"].tolist()
+    assert answers["0"]["eos_token_id"] == 0 == answers["0"]["generation_eos"]
+    assert len(tokens) == 64 or tokens[-1] == 0  # stopped at EOS or at the default length

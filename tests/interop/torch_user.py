@@ -7,6 +7,7 @@ records what was asked for into OUT (an .npz, plus OUT.json for the non-array an
   logits_i / mtp_logits_i   fp32 logits of job["ids"] (uncached forward)
   expert_bias_i             the first MoE layer's expert_bias as loaded
   tokens_i                  greedy `generate(ids, do_sample=False)` (default arguments otherwise)
+  batch_tokens (json)       greedy generate() of a left-padded batch, each row cut after EOS
 """
 
 import json
@@ -52,7 +53,18 @@ def run_job(i: int, job: dict, arrays: dict, answers: dict) -> None:
                 pad_token_id=tok.pad_token_id, eos_token=tok.eos_token,
                 generation_eos=model.generation_config.eos_token_id,
                 round_trip=tok.decode(tok(job["prompt"]).input_ids) == job["prompt"])
+        if job.get("batch") is not None:  # left-padded batch, as the tokenizer config says
+            tok = AutoTokenizer.from_pretrained(job["dir"])
+            enc = tok(job["batch"], return_tensors="pt", padding=True)
+            rows = model.generate(**enc, do_sample=False)[:, enc.input_ids.shape[1]:]
+            answer["batch_tokens"] = [r[: _stop(r.tolist(), tok.eos_token_id)] for r in rows.tolist()]
+            answer["padding_side"] = tok.padding_side
     answers[str(i)] = answer
+
+
+def _stop(row: list[int], eos: int) -> int:
+    """Length of a generated row up to and including its first EOS (the rest is padding)."""
+    return row.index(eos) + 1 if eos in row else len(row)
 
 
 def main(jobs_file: str, out_file: str) -> None:
