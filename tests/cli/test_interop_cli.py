@@ -98,6 +98,15 @@ def test_export_hf_cli_round_trips(checkpoint, bailing_tiny_dir, tmp_path):
     ours, ref = read_tensors(out), read_tensors(bailing_tiny_dir)
     assert sorted(ours) == sorted(ref)
     assert all(ours[k].dtype == ref[k].dtype and bool((ours[k] == ref[k]).all()) for k in ref)
+    # HF → checkpoint → HF keeps the tokenizer files without any flag.
+    back = tmp_path / "ckpt"
+    assert cli("import-hf", "--hf", out, "--out", back).returncode == 0
+    again = tmp_path / "again"
+    result = cli("export-hf", "--checkpoint", back, "--out", again)
+    assert result.returncode == 0, result.stderr
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json"):
+        assert (again / name).read_text() == (out / name).read_text(), name
 
 
 def _mutant(src, dst, *, tensors=None, config=None):

@@ -346,8 +346,7 @@ class BailingMoeV2Model(BailingMoeV2PreTrainedModel):
 
     def __init__(self, config: BailingMoeV2Config):
         super().__init__(config)
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
-                                            config.pad_token_id if _valid_pad(config) else None)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         layers = config.num_hidden_layers
         self.layers = nn.ModuleList(
             [BailingMoeV2DecoderLayer(config, i) for i in range(layers)]
@@ -391,11 +390,6 @@ class BailingMoeV2Model(BailingMoeV2PreTrainedModel):
         for layer in self.layers[: self.config.num_hidden_layers]:
             x = layer(x, cos, sin, mask, cache)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=cache)
-
-
-def _valid_pad(config: BailingMoeV2Config) -> bool:
-    pad = config.pad_token_id
-    return isinstance(pad, int) and 0 <= pad < config.vocab_size
 
 
 @dataclass
