@@ -79,6 +79,7 @@ def tokenizer_config(source: TokenizerSource, *, chat_template: str | None,
         "add_eos_token": False,
         "model_max_length": model_max_length,
         "padding_side": "left",  # batched generate() pads prompts on the left
+        "model_input_names": ["input_ids", "attention_mask"],  # no token_type_ids
     }
     for key, token in source.special_tokens.items():
         config.setdefault(key, token)

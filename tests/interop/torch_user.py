@@ -57,7 +57,7 @@ def run_job(i: int, job: dict, arrays: dict, answers: dict) -> None:
             tok = AutoTokenizer.from_pretrained(job["dir"])
             enc = tok(job["batch"], return_tensors="pt", padding=True)
             rows = model.generate(**enc, do_sample=False)[:, enc.input_ids.shape[1]:]
-            answer["batch_tokens"] = [r[: _stop(r.tolist(), tok.eos_token_id)] for r in rows.tolist()]
+            answer["batch_tokens"] = [r[: _stop(r, tok.eos_token_id)] for r in rows.tolist()]
             answer["padding_side"] = tok.padding_side
     answers[str(i)] = answer
 
