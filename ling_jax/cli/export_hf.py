@@ -1,8 +1,16 @@
-"""`ling-jax export-hf --checkpoint CKPT --out DIR`: model checkpoint → HF Ling 2.0 directory."""
+"""`ling-jax export-hf --checkpoint CKPT --out DIR`: model checkpoint → HF Ling 2.0 directory.
+
+The directory loads offline with `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`
+(the transformers code is written beside the weights). The tokenizer is --tokenizer, else the
+tokenizer.json beside the checkpoint (a train run's <workdir>/final_model holds one), as
+`ling-jax generate` finds it; it is exported with its special tokens and generation_config.json.
+"""
 
 from __future__ import annotations
 
+import pathlib
 import re
+import sys
 
 from absl import flags, logging
 
@@ -17,7 +25,11 @@ _DTYPE = flags.DEFINE_string("dtype", "bfloat16",
 _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GiB",
                                  "shard size limit: bytes or a number with KB/MB/GB (10^3) or "
                                  "KiB/MiB/GiB (2^10)")
-_TOKENIZER = DEFINE_path("tokenizer", None, "directory whose tokenizer files are copied")
+_TOKENIZER = DEFINE_path("tokenizer", None, "tokenizer.json or its directory (default: the one "
+                         "beside --checkpoint, in it or its parent)")
+_NO_TOKENIZER = flags.DEFINE_bool("no_tokenizer", False, "export the weights without a tokenizer")
+_CHAT_TEMPLATE = DEFINE_path("chat_template", None, "Jinja chat template file written into "
+                             "tokenizer_config.json")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --out directory")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -36,6 +48,29 @@ def parse_size(text: str) -> int:
     return size
 
 
+def default_tokenizer(checkpoint: str) -> pathlib.Path | None:
+    """The tokenizer.json in the checkpoint directory or its parent, if any."""
+    path = pathlib.Path(checkpoint).absolute()
+    for file in (path / "tokenizer.json", path.parent / "tokenizer.json"):
+        if file.is_file():
+            return file
+    return None
+
+
+def _tokenizer_and_template() -> tuple[str | pathlib.Path | None, str | None]:
+    if _NO_TOKENIZER.value and (_TOKENIZER.value or _CHAT_TEMPLATE.value):
+        raise ValueError("--no_tokenizer contradicts --tokenizer/--chat_template; drop one")
+    template = None
+    if _CHAT_TEMPLATE.value:
+        file = pathlib.Path(_CHAT_TEMPLATE.value)
+        if not file.is_file():
+            raise FileNotFoundError(f"--chat_template: file {file} not found")
+        template = file.read_text()
+    if _NO_TOKENIZER.value or _TOKENIZER.value:
+        return _TOKENIZER.value, template
+    return default_tokenizer(_CHECKPOINT.value), template
+
+
 @user_errors_exit
 def main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
@@ -47,9 +82,17 @@ def main(argv) -> None:
     max_shard_bytes = parse_size(_MAX_SHARD.value)
     from ling_jax.interop import hf_export, model_checkpoint
 
-    options = dict(dtype=_DTYPE.value, max_shard_bytes=max_shard_bytes,
-                   tokenizer_dir=_TOKENIZER.value, overwrite=_OVERWRITE.value)
+    if not pathlib.Path(_CHECKPOINT.value).is_dir():
+        raise FileNotFoundError(f"--checkpoint: directory {_CHECKPOINT.value} not found")
+    tokenizer, template = _tokenizer_and_template()
+    options = dict(dtype=_DTYPE.value, max_shard_bytes=max_shard_bytes, tokenizer_dir=tokenizer,
+                   chat_template=template, overwrite=_OVERWRITE.value)
     hf_export.check_export_args(_OUT.value, **options)  # before the (large) model is loaded
     model, cfg = model_checkpoint.load_model(_CHECKPOINT.value)
     out = hf_export.export_hf(model, cfg, _OUT.value, **options)
-    print(f"exported {_CHECKPOINT.value} → {out} ({_DTYPE.value})")
+    if tokenizer is None and not _NO_TOKENIZER.value:
+        print(f"ling-jax: warning: no tokenizer.json in {_CHECKPOINT.value} or its parent; the "
+              "export has no tokenizer (pass --tokenizer PATH)", file=sys.stderr)
+    print(f"exported {_CHECKPOINT.value} → {out} ({_DTYPE.value}"
+          f"{', tokenizer ' + str(tokenizer) if tokenizer else ', no tokenizer'}); load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")

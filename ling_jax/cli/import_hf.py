@@ -1,9 +1,14 @@
-"""`ling-jax import-hf --hf DIR --out CKPT`: a HF Ling 2.0 directory → model checkpoint."""
+"""`ling-jax import-hf --hf DIR --out CKPT`: a HF Ling 2.0 directory → model checkpoint.
+
+The HF directory's tokenizer files are kept beside the model state, so `ling-jax generate
+--checkpoint CKPT` and `ling-jax export-hf --checkpoint CKPT` find them.
+"""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 from absl import flags, logging
 
@@ -16,6 +21,8 @@ _DTYPES = ("auto", "float32", "bfloat16")
 _DTYPE = flags.DEFINE_string("dtype", "auto",
                            "stored parameter dtype; auto = the checkpoint's torch_dtype "
                            "(FP8 → bfloat16)")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --out directory")
 
 
@@ -48,6 +55,11 @@ def main(argv) -> None:
     model_checkpoint.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value)
     dtype = _param_dtype(hf_dir, _DTYPE.value)
     model, cfg = hf_import.load_model(hf_dir, dtype=dtype, param_dtype=dtype)
-    out = model_checkpoint.save_model(_OUT.value, model, cfg, overwrite=_OVERWRITE.value)
+    with model_checkpoint.atomic_output_dir(_OUT.value, overwrite=_OVERWRITE.value) as tmp:
+        model_checkpoint.write_model_dir(tmp, model_checkpoint.model_state(model), cfg)
+        for file in [*(hf_dir / n for n in TOKENIZER_FILES), *hf_dir.glob("*.model")]:
+            if file.is_file():
+                shutil.copyfile(file, tmp / file.name)
+    out = pathlib.Path(_OUT.value).absolute()
     print(f"imported {hf_dir} → {out} ({cfg.num_hidden_layers} layers + "
           f"{cfg.num_nextn_predict_layers} MTP, params {dtype})")

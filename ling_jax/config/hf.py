@@ -23,7 +23,6 @@ _HF_STATIC = {
     "output_dropout": 0.0,
     "use_cache": True,
     "use_rmsnorm": True,
-    "transformers_version": "4.52.3",
 }
 # HF keys that carry nothing for the forward pass; accepted and ignored on import.
 _HF_IGNORED = {

@@ -8,6 +8,7 @@ one at a time: the host holds the model plus at most one shard of converted tens
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -20,15 +21,16 @@ import numpy as np
 from flax import nnx
 
 from ling_jax.config import to_hf_config, validate_model_config
-from ling_jax.interop import fp8
+from ling_jax.interop import fp8, hf_tokenizer
 from ling_jax.interop.hf_import import INDEX_FILE, SINGLE_FILE
 from ling_jax.interop.keymap import TensorMap, hf_shapes, tensor_maps, to_hf
 from ling_jax.interop.model_checkpoint import atomic_output_dir, check_output_dir
 from ling_jax.interop.safetensors_io import write_file
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+# The transformers code written beside the weights; config.json's auto_map names these files.
+MODEL_CODE_DIR = pathlib.Path(__file__).with_name("torch_bailing")
+MODEL_CODE_FILES = ("configuration_bailing_moe_v2.py", "modeling_bailing_moe_v2.py")
 FP8_QUANTIZATION_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                            "weight_block_size": [fp8.BLOCK, fp8.BLOCK]}
 _F32, _BF16 = np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)
@@ -84,24 +86,44 @@ EXPORT_DTYPES: dict[str, ExportDtype] = {
 
 def check_export_args(out_dir, *, dtype: str = "bfloat16",
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                      tokenizer_dir=None, overwrite: bool = False) -> list[pathlib.Path]:
-    """Validate export arguments before anything is loaded or written; returns tokenizer files."""
+                      tokenizer_dir=None, chat_template: str | None = None,
+                      overwrite: bool = False) -> hf_tokenizer.TokenizerSource | None:
+    """Validate export arguments before anything is loaded or written; returns the tokenizer."""
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(EXPORT_DTYPES)}")
     if not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be a positive int, got {max_shard_bytes!r}")
+    if chat_template is not None and not isinstance(chat_template, str):
+        raise ValueError(f"chat_template must be a Jinja template string, got "
+                         f"{type(chat_template).__name__}")
+    if chat_template is not None and tokenizer_dir is None:
+        raise ValueError("a chat_template needs a tokenizer to export it with (tokenizer_dir)")
     check_output_dir(out_dir, overwrite=overwrite)
-    if tokenizer_dir is None:
-        return []
-    root = pathlib.Path(tokenizer_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {root} not found")
-    files = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
-    files += sorted(p for p in root.glob("*.model") if p.is_file())
-    if not files:
-        raise ValueError(f"tokenizer directory {root} holds none of {list(TOKENIZER_FILES)} or "
-                         "*.model")
-    return files
+    return None if tokenizer_dir is None else hf_tokenizer.check_tokenizer(tokenizer_dir)
+
+
+def transformers_version() -> str | None:
+    """The installed transformers version (config.json records it), or None when absent."""
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def export_config(cfg, dtype: str, tokenizer: hf_tokenizer.TokenizerSource | None) -> dict:
+    """config.json: the released key set, this export's dtype, the tokenizer's special ids."""
+    spec = EXPORT_DTYPES[dtype]
+    config = to_hf_config(cfg, torch_dtype=spec.torch_dtype)
+    if spec.quantization_config is not None:
+        config["quantization_config"] = dict(spec.quantization_config)
+    if tokenizer is not None:
+        config.update(tokenizer.token_ids)
+    version = transformers_version()
+    if version:
+        config["transformers_version"] = version
+    else:
+        config.pop("transformers_version", None)
+    return dict(sorted(config.items()))
 
 
 def _groups(cfg) -> list[list[TensorMap]]:
@@ -167,23 +189,31 @@ def _write_weights(out: pathlib.Path, state: dict, cfg, dtype: str, max_shard_by
 
 def export_hf(model, cfg, out_dir: str | os.PathLike, *, dtype: str = "bfloat16",
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, tokenizer_dir=None,
-              overwrite: bool = False) -> pathlib.Path:
+              chat_template: str | None = None, overwrite: bool = False) -> pathlib.Path:
     """Write `model` (an nnx model or its pure-dict state) as a HF Ling 2.0 checkpoint directory.
 
     dtype: "bfloat16" | "float32" | "fp8" (E4M3 [128,128] blocks + `_scale_inv`, the rest bf16);
-    expert_bias is always fp32. Refuses a non-empty `out_dir` unless `overwrite`; atomic.
+    expert_bias is always fp32. The directory also holds the transformers code (`auto_map`) and,
+    with `tokenizer_dir` (a tokenizer.json or its directory), the tokenizer files, `chat_template`
+    and generation_config.json. Refuses a non-empty `out_dir` unless `overwrite`; atomic.
     """
     validate_model_config(cfg)
-    tokenizer_files = check_export_args(out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                                        tokenizer_dir=tokenizer_dir, overwrite=overwrite)
+    tokenizer = check_export_args(out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                                  tokenizer_dir=tokenizer_dir, chat_template=chat_template,
+                                  overwrite=overwrite)
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.tokenizer_json} has {tokenizer.vocab_size} tokens, "
+                         f"more than the model's vocab_size {cfg.vocab_size}; pass the model's own "
+                         "tokenizer")
     state = model if isinstance(model, dict) else nnx.state(model).to_pure_dict()
-    spec = EXPORT_DTYPES[dtype]
-    config = to_hf_config(cfg, torch_dtype=spec.torch_dtype)
-    if spec.quantization_config is not None:
-        config["quantization_config"] = dict(spec.quantization_config)
+    config = export_config(cfg, dtype, tokenizer)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         _write_weights(tmp, state, cfg, dtype, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        for file in tokenizer_files:
-            shutil.copyfile(file, tmp / file.name)
+        for name in MODEL_CODE_FILES:
+            shutil.copyfile(MODEL_CODE_DIR / name, tmp / name)
+        if tokenizer is not None:
+            hf_tokenizer.write_tokenizer(tmp, tokenizer, chat_template=chat_template,
+                                         model_max_length=cfg.max_position_embeddings,
+                                         transformers_version=config.get("transformers_version"))
     return pathlib.Path(out_dir).absolute()

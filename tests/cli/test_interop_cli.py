@@ -84,18 +84,29 @@ def test_logits_from_checkpoint_and_hf_match_fixture(checkpoint, bailing_tiny_di
 
 
 def test_export_hf_cli_round_trips(checkpoint, bailing_tiny_dir, tmp_path):
+    from ling_jax.data.tokenizers import train_bpe
+
     tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "tokenizer.json").write_text('{"version": "1.0"}')
+    train_bpe(["one two three"] * 10, 270, tok / "tokenizer.json", min_frequency=1)
     out = tmp_path / "hf"
     result = cli("export-hf", "--checkpoint", checkpoint, "--out", out, "--dtype", "float32",
                  "--max_shard_size", "400KB", "--tokenizer", tok)
     assert result.returncode == 0, result.stderr
     assert (out / "model.safetensors.index.json").exists()
-    assert (out / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    assert (out / "tokenizer.json").read_text() == (tok / "tokenizer.json").read_text()
+    assert (out / "tokenizer_config.json").is_file() and (out / "generation_config.json").is_file()
     ours, ref = read_tensors(out), read_tensors(bailing_tiny_dir)
     assert sorted(ours) == sorted(ref)
     assert all(ours[k].dtype == ref[k].dtype and bool((ours[k] == ref[k]).all()) for k in ref)
+    # HF → checkpoint → HF keeps the tokenizer files without any flag.
+    back = tmp_path / "ckpt"
+    assert cli("import-hf", "--hf", out, "--out", back).returncode == 0
+    again = tmp_path / "again"
+    result = cli("export-hf", "--checkpoint", back, "--out", again)
+    assert result.returncode == 0, result.stderr
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json"):
+        assert (again / name).read_text() == (out / name).read_text(), name
 
 
 def _mutant(src, dst, *, tensors=None, config=None):
@@ -195,6 +206,10 @@ def test_export_hf_rejects_bad_inputs(checkpoint, tmp_path):
          ["--max_shard_size"]),
         (("--checkpoint", checkpoint, "--out", out, "--tokenizer", tmp_path / "notok"),
          ["tokenizer directory", "notok"]),
+        (("--checkpoint", checkpoint, "--out", out, "--no_tokenizer", "--chat_template",
+          tmp_path / "t.jinja"), ["--no_tokenizer contradicts"]),
+        (("--checkpoint", checkpoint, "--out", out, "--chat_template", tmp_path / "none.jinja"),
+         ["--chat_template", "none.jinja", "not found"]),
     ]
     results = run_all([("export-hf", *args) for args, _ in cases])
     for (_, needles), result in zip(cases, results, strict=True):

@@ -56,7 +56,8 @@ def fixture_tensors(bailing_tiny_dir):
 
 
 def test_fp32_export_reproduces_fixture_tensors(fp32_export, bailing_tiny_dir, fixture_tensors):
-    assert sorted(p.name for p in fp32_export.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in fp32_export.iterdir()) == sorted(
+        ["config.json", "model.safetensors", *hf_export.MODEL_CODE_FILES])
     ours = read_tensors(fp32_export)
     assert sorted(ours) == sorted(fixture_tensors)
     assert stored_dtypes(fp32_export) == stored_dtypes(bailing_tiny_dir)
@@ -170,19 +171,32 @@ def test_fp8_export_quantises_upstream_tensors(imported, fixture_tensors, tmp_pa
         assert torch.equal(back[key], value), key
 
 
-def test_tokenizer_files_are_copied(imported, tmp_path):
+def test_tokenizer_side_files_are_kept(imported, tmp_path):
+    """A tokenizer directory's own tokenizer_config / special_tokens_map / generation_config and
+    *.model are exported as they are (a released Ling tokenizer keeps its chat template)."""
+    from ling_jax.data.tokenizers import train_bpe
+
     model, cfg = imported
     tok = tmp_path / "tok"
-    tok.mkdir()
-    wanted = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "generation_config.json", "spm.model"]
-    for i, name in enumerate([*wanted, "notes.txt"]):
-        (tok / name).write_text(f"{{\"file\": {i}}}")
+    train_bpe(["a b c d e f"] * 10, 270, tok / "tokenizer.json", min_frequency=1)
+    side = {"tokenizer_config.json": {"eos_token": "<|endoftext|>", "chat_template": "{{ x }}"},
+            "special_tokens_map.json": {"eos_token": "<|endoftext|>"},
+            "generation_config.json": {"eos_token_id": [0, 2]}}
+    for name, value in side.items():
+        (tok / name).write_text(json.dumps(value))
+    (tok / "spm.model").write_bytes(b"\x00\x01")
+    (tok / "notes.txt").write_text("not exported")
     out = hf_export.export_hf(model, cfg, tmp_path / "hf", dtype="bfloat16", tokenizer_dir=tok)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "model.safetensors", *wanted])
-    for name in wanted:
-        assert (out / name).read_text() == (tok / name).read_text()
+        ["config.json", "model.safetensors", *hf_export.MODEL_CODE_FILES, "tokenizer.json",
+         *side, "spm.model"])
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {
+        **side["tokenizer_config.json"], "bos_token": "<|startoftext|>", "pad_token": "<|pad|>"}
+    for name in ("special_tokens_map.json", "generation_config.json"):
+        assert json.loads((out / name).read_text()) == side[name]
+    assert (out / "spm.model").read_bytes() == b"\x00\x01"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["eos_token_id"], config["bos_token_id"], config["pad_token_id"]) == (0, 1, 2)
 
 
 def test_export_refuses_to_clobber_and_is_atomic(imported, tmp_path, monkeypatch):
@@ -214,7 +228,8 @@ def test_export_refuses_to_clobber_and_is_atomic(imported, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary leftovers
     monkeypatch.undo()
     hf_export.export_hf(model, cfg, out, dtype="bfloat16", overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", "model.safetensors", *hf_export.MODEL_CODE_FILES])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 

@@ -1,5 +1,7 @@
-"""The exported checkpoint, loaded with torch + safetensors into a compact float64 PyTorch forward
-written from the documented semantics (reference §2), reproduces the fixture's logits."""
+"""Float64 cross-check: the exported checkpoint, read with torch + safetensors into a compact
+float64 PyTorch forward written from the documented semantics (reference §2), reproduces the
+fixture's logits to 1e-5. The user's path (the exported transformers module, one-line loads,
+generate) is tested in test_torch_export.py; this test checks the weights alone."""
 
 import json
 
