@@ -25,12 +25,20 @@ from ling_jax.config import get_preset
 from ling_jax.parallel.mesh import mesh_block
 from ling_jax.train.experiment import paper_pretrain
 
-# variant: (aot topology, mesh fields, 4K batch, 4K microbatches); table above.
+# variant: (aot topology, mesh fields, 4K batch, 4K microbatches); tables above.
 VARIANTS = {
-    "v5p": ("v5p:4x8x8", dict(tensor=8, expert=32), 18144, 567),
-    "v5p_512": ("v5p:8x8x8", dict(fsdp=8, expert=64), 18432, 36),
-    "tpu7x": ("tpu7x:4x8x8", dict(fsdp=8, expert=64), 18432, 36),
+    "v5p": ("v5p:4x8x8", dict(context=8, expert=32), 18144, 63),
+    "v5p_512": ("v5p:8x8x8", dict(context=8, expert=64), 18432, 36),
+    "tpu7x": ("tpu7x:4x8x8", dict(context=8, expert=64), 18432, 36),
 }
+LONG_PHASES = ("context_32k", "reasoning_32k", "yarn_128k")
+
+
+def _long_batch(tokens_per_step: int, seq_len: int, shards: int) -> tuple[int, int]:
+    """(batch, microbatches): the paper's tokens per step in whole sequences, rounded to the
+    nearest multiple of the batch shards; one sequence per batch shard per microbatch."""
+    per_shard = max(1, round(tokens_per_step / seq_len / shards))
+    return per_shard * shards, per_shard
 
 
 def get_config(variant: str = "v5p"):
@@ -40,11 +48,16 @@ def get_config(variant: str = "v5p"):
     topology, mesh, batch, microbatches = VARIANTS[variant]
     cfg = paper_pretrain(get_preset("ling_1t"), peak_lr=1.86e-4, batch_4k=18144)
     cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
+    cfg.model.attention_backend = "splash"  # Pallas TPU kernel; "tiled" on CPU/GPU
     cfg.model.remat_policy = "full"
     cfg.mesh = mesh_block(**mesh, rules="fsdp_ep", capacity_factor=1.25,
                           ep_local_backend="ragged_dot")
-    # One 4K sequence per device per microbatch: batch = batch shards × microbatches.
+    # 4K: batch = batch shards × microbatches × sequences per shard per microbatch.
     cfg.phases.pretrain_4k.batch_size = batch
     cfg.phases.pretrain_4k.microbatches = microbatches
+    shards = mesh["expert"]  # fsdp_ep: the batch is sharded over data × fsdp × expert
+    for name in LONG_PHASES:
+        phase = cfg.phases[name]
+        phase.batch_size, phase.microbatches = _long_batch(batch * 4096, phase.seq_len, shards)
     cfg.aot = dict(topology=topology, num_slices=1)
     return cfg
