@@ -16,16 +16,16 @@ _HLO = """HloModule m
   %p = (s32[], bf16[2,8]) parameter(0)
   %ag = (bf16[2,8]{1,0}, bf16[8,8]{1,0}) all-gather-start(%x), replica_groups=[2,4]<=[8], dimensions={0}
   %agd = bf16[8,8]{1,0} all-gather-done(%ag)
-  %cp = (f32[16]{0}, f32[16]{0}, u32[], u32[]) collective-permute-start(%y), source_target_pairs={{0,1},{1,0}}
+  %cp = (f32[16]{0}, f32[16]{0}, u32[], u32[]) collective-permute-start(%y), source_target_pairs={{0,1}}
 }
 
 %outer (p: (s32[], bf16[2,8])) -> (s32[], bf16[2,8]) {
-  %w = (s32[], bf16[2,8]) while(%p), condition=%cond, body=%inner, backend_config={"known_trip_count":{"n":"4"}}
+  %w = (s32[], bf16[2,8]) while(%p), body=%inner, backend_config={"known_trip_count":{"n":"4"}}
   %rs = f32[4]{0} reduce-scatter(%z), replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}
 }
 
 ENTRY %main (a: f32[32]) -> f32[32] {
-  %w2 = (s32[], bf16[2,8]) while(%t), condition=%cond2, body=%outer, backend_config={"known_trip_count":{"n":"3"}}
+  %w2 = (s32[], bf16[2,8]) while(%t), body=%outer, backend_config={"known_trip_count":{"n":"3"}}
   %ar = f32[32]{0} all-reduce(%a), replica_groups=[1,8]<=[8], to_apply=%add
   %a2a = bf16[8,4]{1,0} all-to-all(%b), replica_groups=[2,4]<=[8], dimensions={0}
 }

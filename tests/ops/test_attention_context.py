@@ -10,8 +10,7 @@ import pytest
 from jax.sharding import AxisType
 
 from ling_jax.ops.attention_backends import attend
-from ling_jax.ops.attention_context import (ContextSettings, context_settings, sequence_order,
-                                            zigzag_order)
+from ling_jax.ops.attention_context import ContextSettings, context_settings, sequence_order, zigzag_order
 from ling_jax.ops.attention_mask import AttentionMask, self_attention_mask
 
 B, T, N, K, H = 2, 32, 4, 2, 8
