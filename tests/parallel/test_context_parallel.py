@@ -3,8 +3,8 @@
 The sequence is sharded over `context` in zig-zag order; attention gathers K/V; MTP's shifted
 tokens and targets cross shard boundaries; MoE dispatch (EP all-to-all over `expert`) and the
 losses see sequence-sharded tokens. The random batch packs two documents per row and pads one.
-Default suite: gradients and metrics of one step on context 4 × data 2 (tiled attention). Slow:
-three steps on context 2 × expert 2 × data 2 with EP, and parameters after them.
+Both slow (~100 s and ~450 s on a shared 2-core CPU): gradients of one step on context 4 × data 2
+(tiled attention), and three steps on context 2 × expert 2 × data 2 with EP and the parameters after.
 """
 
 import functools
@@ -71,6 +71,7 @@ def _assert_grads_match(want, got):
         assert rel(a, b) <= 1e-5, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_context4_data2_gradients_match_one_device():
     plan, out, _, _ = _sharded(dict(context=4, data=2), "blocked", "tiled", 0)
     assert plan.context_shards == 4
