@@ -23,7 +23,7 @@ batch (e.g. --config.mesh... overrides) or stop after pretrain_4k with --max_ste
 
 from ling_jax.config import get_preset
 from ling_jax.parallel.mesh import mesh_block
-from ling_jax.train.experiment import paper_pretrain
+from ling_jax.train.experiment import fit_long_phases, paper_pretrain
 
 # variant: (aot topology, mesh fields, 4K batch, 4K microbatches); tables above.
 VARIANTS = {
@@ -31,14 +31,6 @@ VARIANTS = {
     "v5p_512": ("v5p:8x8x8", dict(context=8, expert=64), 18432, 36),
     "tpu7x": ("tpu7x:4x8x8", dict(context=8, expert=64), 18432, 36),
 }
-LONG_PHASES = ("context_32k", "reasoning_32k", "yarn_128k")
-
-
-def _long_batch(tokens_per_step: int, seq_len: int, shards: int) -> tuple[int, int]:
-    """(batch, microbatches): the paper's tokens per step in whole sequences, rounded to the
-    nearest multiple of the batch shards; one sequence per batch shard per microbatch."""
-    per_shard = max(1, round(tokens_per_step / seq_len / shards))
-    return per_shard * shards, per_shard
 
 
 def get_config(variant: str = "v5p"):
@@ -55,9 +47,8 @@ def get_config(variant: str = "v5p"):
     # 4K: batch = batch shards × microbatches × sequences per shard per microbatch.
     cfg.phases.pretrain_4k.batch_size = batch
     cfg.phases.pretrain_4k.microbatches = microbatches
-    shards = mesh["expert"]  # fsdp_ep: the batch is sharded over data × fsdp × expert
-    for name in LONG_PHASES:
-        phase = cfg.phases[name]
-        phase.batch_size, phase.microbatches = _long_batch(batch * 4096, phase.seq_len, shards)
+    # 32K/128K: one sequence per batch shard (data × fsdp × expert) per microbatch, split over
+    # the context axis; the 4K phase's tokens per step, rounded to whole sequences per shard.
+    fit_long_phases(cfg, batch_shards=mesh["expert"], tokens_per_step=batch * 4096)
     cfg.aot = dict(topology=topology, num_slices=1)
     return cfg

@@ -14,7 +14,7 @@ T]`; libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all
 
 from ling_jax.config import get_preset
 from ling_jax.parallel.mesh import mesh_block
-from ling_jax.train.experiment import paper_pretrain
+from ling_jax.train.experiment import fit_long_phases, paper_pretrain
 
 
 def get_config():
@@ -22,9 +22,11 @@ def get_config():
     # 4K phase on the mesh (`ling-jax aot`, tables above): 4400 = 16 batch shards
     # × 275 microbatches of one sequence per device.
     cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
+    cfg.model.attention_backend = "splash"  # Pallas TPU kernel; "tiled" on CPU/GPU
     cfg.model.remat_policy = "full"
-    cfg.mesh = mesh_block(fsdp=4, expert=4, rules="fsdp_ep", capacity_factor=1.25,
+    cfg.mesh = mesh_block(context=4, expert=4, rules="fsdp_ep", capacity_factor=1.25,
                           ep_local_backend="ragged_dot")
     cfg.phases.pretrain_4k.microbatches = 275
+    fit_long_phases(cfg, batch_shards=4, tokens_per_step=cfg.phases.pretrain_4k.batch_size * 4096)
     cfg.aot = dict(topology="v5p:2x2x4", num_slices=1)
     return cfg
