@@ -68,12 +68,18 @@ def splash_attention(q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q: in
     k, v = (_pad(a.astype(dtype), s_pad).transpose(0, 2, 1, 3) for a in (k_BSKH, v_BSKH))
     segments = splash.SegmentIds(q=_pad(mask.q_segment_BT, t_pad, _PAD_SEGMENT),
                                  kv=_pad(mask.kv_segment_BS, s_pad, _PAD_SEGMENT))
+    # A one-head mask, vmapped over heads: splash builds its block tables in Python per head of
+    # the mask (minutes for 64 heads at 128K), while every head here has the same mask.
     causal = splash.CausalMask((t_pad, s_pad), offset=offset or 0)
-    heads_mask = splash.MultiHeadMask([causal] * num_heads)
     blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
                                block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                                block_kv_dq=bkv)
-    kernel = splash.make_splash_mha(heads_mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                                    interpret=_interpret())
-    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=s))(q, k, v, segments)
+    kernel = splash.make_splash_mha(splash.MultiHeadMask([causal]), block_sizes=blocks,
+                                    head_shards=1, q_seq_shards=1, interpret=_interpret())
+    one_head = lambda q, k, v, seg: kernel(q[None], k[None], v[None], segment_ids=seg)[0]
+    per_group = jax.vmap(one_head, in_axes=(0, None, None, None))  # G query heads share a KV head
+    per_kv_head = jax.vmap(per_group, in_axes=(0, 0, 0, None))
+    num_kv = k.shape[1]
+    q = q.reshape(batch, num_kv, num_heads // num_kv, t_pad, head_dim)
+    out = jax.vmap(per_kv_head)(q, k, v, segments).reshape(batch, num_heads, t_pad, head_dim)
     return out.transpose(0, 2, 1, 3)[:, :length].astype(dtype)
