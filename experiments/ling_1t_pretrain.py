@@ -4,21 +4,23 @@
 reasoning mid-training at 32K (600B) → 128K with YaRN (factor 4). AdamW 0.9/0.95, wd 0.1, clip 1.0,
 init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merge-checkpoints).
 
-Scale-out of the 4K phase (`ling-jax aot --config experiments/ling_1t_pretrain.py[:tpu7x]`;
-libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all, capacity 1.25):
-    config      topology                   mesh                 batch x microbatches  peak   HBM
-    (default)   v5p:4x8x8  (256 chips)     tensor 8 x expert 32  18144 x 567          65.0   95 GB
-    :v5p_512    v5p:8x8x8  (512 chips)     fsdp 8 x expert 64    18432 x 36           46.9   95 GB
-    :tpu7x      tpu7x:4x8x8 (512 devices)  fsdp 8 x expert 64    18432 x 36           58.5   96 GB
-(default: arguments 31.8 GB, temporaries 33.1 GB per chip.) The paper's batch 18144 = 32 x 567
-allows at most 32 batch shards. TPU7x does not fit it: tensor 8 x expert 32 on tpu7x:4x4x8 aborts
-inside libtpu 0.0.52's compiler; pipeline 2 x tensor 4 x expert 32 (4x4x8) and pipeline 4 x
-tensor 4 x expert 32 (4x8x8) need 126 / 101 GB of temporaries. fsdp 8 x expert 64 fits once the
-global batch is divisible by 512 (18432 = 512 x 36 microbatches, +1.6% tokens per step). The :tpu7x
-row is the full 18432 x 36 step (arguments 15.8 GB, temporaries 42.6 GB; the gradient accumulator
-adds 6.5 GB over the 52.0 GB measured at 512 x 1); the :v5p_512 row was measured at 512 x 1.
-The 32K/128K phases need context parallelism (not done): train them on a mesh that fits their
-batch (e.g. --config.mesh... overrides) or stop after pretrain_4k with --max_steps.
+Meshes (all phases run on one mesh; `ling-jax aot --config experiments/ling_1t_pretrain.py[:V]
+--phase P --json` compiles a phase for the variant's topology and prints memory, FLOPs, collective
+bytes and a step-time estimate):
+    variant     topology                   mesh                   4K          32K        128K
+    (default)   v5p:4x8x8  (256 chips)     context 8 x expert 32  18144 x 63  2272 x 71  576 x 18
+    :v5p_512    v5p:8x8x8  (512 chips)     context 8 x expert 64  18432 x 36  2304 x 36  576 x 9
+    :tpu7x      tpu7x:4x8x8 (512 devices)  context 8 x expert 64  18432 x 36  2304 x 36  576 x 9
+(batch x microbatches.) The context axis splits every sequence in 8 (zig-zag order, K/V gathered in
+attention) and ZeRO-shards weights like fsdp, so each chip holds 4.6K (4K phase, 9 sequences per
+batch shard per microbatch), 4K (32K) or 16K (128K) tokens per microbatch. 4K needs 63 microbatches
+(was 567 on tensor 8 x expert 32). The long phases keep the 4K phase's tokens per step in whole
+sequences per batch shard (`fit_long_phases`): 2268 → 2272 x 32K (+0.2%), 567 → 576 x 128K (+1.6%),
+since 2268 and 567 are not divisible by 32 batch shards.
+MEASURED
+Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
+peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
+tpu7x 58.5 GB) are not repeated for the context meshes yet.
 """
 
 from ling_jax.config import get_preset
