@@ -68,8 +68,8 @@ def _collective_lines(r: dict) -> list[str]:
     lines += [f"    {op:<26}{b / _GB:>10.2f}" for op, b in r["collective_bytes"].items() if b]
     est = r["estimate"]
     if "error" in est:
-        lines.append(f"  estimate: {est['error']}")
-    elif est:
+        lines.append(f"  note: {est['error']}")
+    if "chip" in est:
         lines += [f"  estimate on {est['chip']} (published peak bf16 and ICI bandwidth):",
                   f"    {'compute (model FLOPs)':<26}{est['compute_seconds']:>10.2f} s",
                   f"    {'collectives (ICI)':<26}{est['collective_seconds']:>10.2f} s",
