@@ -17,7 +17,15 @@ batch shard per microbatch), 4K (32K) or 16K (128K) tokens per microbatch. 4K ne
 (was 567 on tensor 8 x expert 32). The long phases keep the 4K phase's tokens per step in whole
 sequences per batch shard (`fit_long_phases`): 2268 → 2272 x 32K (+0.2%), 567 → 576 x 128K (+1.6%),
 since 2268 and 567 are not divisible by 32 batch shards.
-MEASURED
+Measured (`ling-jax aot`, libtpu 0.0.52, per-chip bytes from XLA's memory analysis, full 80-layer
+step, remat full, splash attention (Mosaic), EP ragged all-to-all, capacity 1.25):
+    default v5p:4x8x8 context_32k 2272 x 71: arguments 31.7, temporaries 34.5, peak 66.4 of 95 GB
+    (fits); compile 3022 s on a shared 2-core host; XLA 1.26e14 FLOP/device (loop bodies once),
+    model 1.28e17 FLOP/device per step → compute-bound estimate 279 s per step on v5p (459 TFLOP/s).
+Not measured yet (compiles did not finish on the shared 2-core host): yarn_128k (splash builds its
+block tables in Python, 16 static-offset masks per call site), the tpu7x and v5p_512 variants, the
+4K phase on the context meshes. Collective bytes per step: libtpu 0.0.52 cannot print the compiled
+TPU HLO (async-update RET_CHECK), so `aot` reports compute time only there.
 Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
 peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
 tpu7x 58.5 GB) are not repeated for the context meshes yet.
