@@ -4,32 +4,42 @@
 reasoning mid-training at 32K (600B) → 128K with YaRN (factor 4). AdamW 0.9/0.95, wd 0.1, clip 1.0,
 init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merge-checkpoints).
 
-Scale-out of the 4K phase (`ling-jax aot --config experiments/ling_1t_pretrain.py[:tpu7x]`;
-libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all, capacity 1.25):
-    config      topology                   mesh                 batch x microbatches  peak   HBM
-    (default)   v5p:4x8x8  (256 chips)     tensor 8 x expert 32  18144 x 567          65.0   95 GB
-    :v5p_512    v5p:8x8x8  (512 chips)     fsdp 8 x expert 64    18432 x 36           46.9   95 GB
-    :tpu7x      tpu7x:4x8x8 (512 devices)  fsdp 8 x expert 64    18432 x 36           58.5   96 GB
-(default: arguments 31.8 GB, temporaries 33.1 GB per chip.) The paper's batch 18144 = 32 x 567
-allows at most 32 batch shards. TPU7x does not fit it: tensor 8 x expert 32 on tpu7x:4x4x8 aborts
-inside libtpu 0.0.52's compiler; pipeline 2 x tensor 4 x expert 32 (4x4x8) and pipeline 4 x
-tensor 4 x expert 32 (4x8x8) need 126 / 101 GB of temporaries. fsdp 8 x expert 64 fits once the
-global batch is divisible by 512 (18432 = 512 x 36 microbatches, +1.6% tokens per step). The :tpu7x
-row is the full 18432 x 36 step (arguments 15.8 GB, temporaries 42.6 GB; the gradient accumulator
-adds 6.5 GB over the 52.0 GB measured at 512 x 1); the :v5p_512 row was measured at 512 x 1.
-The 32K/128K phases need context parallelism (not done): train them on a mesh that fits their
-batch (e.g. --config.mesh... overrides) or stop after pretrain_4k with --max_steps.
+Meshes (all phases run on one mesh; `ling-jax aot --config experiments/ling_1t_pretrain.py[:V]
+--phase P --json` compiles a phase for the variant's topology and prints memory, FLOPs, collective
+bytes and a step-time estimate):
+    variant     topology                   mesh                   4K          32K        128K
+    (default)   v5p:4x8x8  (256 chips)     context 8 x expert 32  18144 x 63  2272 x 71  576 x 18
+    :v5p_512    v5p:8x8x8  (512 chips)     context 8 x expert 64  18432 x 36  2304 x 36  576 x 9
+    :tpu7x      tpu7x:4x8x8 (512 devices)  context 8 x expert 64  18432 x 36  2304 x 36  576 x 9
+(batch x microbatches.) The context axis splits every sequence in 8 (zig-zag order, K/V gathered in
+attention) and ZeRO-shards weights like fsdp, so each chip holds 4.6K (4K phase, 9 sequences per
+batch shard per microbatch), 4K (32K) or 16K (128K) tokens per microbatch. 4K needs 63 microbatches
+(was 567 on tensor 8 x expert 32). The long phases keep the 4K phase's tokens per step in whole
+sequences per batch shard (`fit_long_phases`): 2268 → 2272 x 32K (+0.2%), 567 → 576 x 128K (+1.6%),
+since 2268 and 567 are not divisible by 32 batch shards.
+Measured (`ling-jax aot`, libtpu 0.0.52, per-chip bytes from XLA's memory analysis, full 80-layer
+step, remat full, splash attention (Mosaic), EP ragged all-to-all, capacity 1.25):
+    default v5p:4x8x8 context_32k 2272 x 71: arguments 31.7, temporaries 34.5, peak 66.4 of 95 GB
+    (fits); compile 3022 s on a shared 2-core host; XLA 1.26e14 FLOP/device (loop bodies once),
+    model 1.28e17 FLOP/device per step → compute-bound estimate 279 s per step on v5p (459 TFLOP/s).
+Not measured yet (compiles did not finish on the shared 2-core host): yarn_128k (splash builds its
+block tables in Python, 16 static-offset masks per call site), the tpu7x and v5p_512 variants, the
+4K phase on the context meshes. Collective bytes per step: libtpu 0.0.52 cannot print the compiled
+TPU HLO (async-update RET_CHECK), so `aot` reports compute time only there.
+Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
+peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
+tpu7x 58.5 GB) are not repeated for the context meshes yet.
 """
 
 from ling_jax.config import get_preset
 from ling_jax.parallel.mesh import mesh_block
-from ling_jax.train.experiment import paper_pretrain
+from ling_jax.train.experiment import fit_long_phases, paper_pretrain
 
-# variant: (aot topology, mesh fields, 4K batch, 4K microbatches); table above.
+# variant: (aot topology, mesh fields, 4K batch, 4K microbatches); tables above.
 VARIANTS = {
-    "v5p": ("v5p:4x8x8", dict(tensor=8, expert=32), 18144, 567),
-    "v5p_512": ("v5p:8x8x8", dict(fsdp=8, expert=64), 18432, 36),
-    "tpu7x": ("tpu7x:4x8x8", dict(fsdp=8, expert=64), 18432, 36),
+    "v5p": ("v5p:4x8x8", dict(context=8, expert=32), 18144, 63),
+    "v5p_512": ("v5p:8x8x8", dict(context=8, expert=64), 18432, 36),
+    "tpu7x": ("tpu7x:4x8x8", dict(context=8, expert=64), 18432, 36),
 }
 
 
@@ -40,11 +50,15 @@ def get_config(variant: str = "v5p"):
     topology, mesh, batch, microbatches = VARIANTS[variant]
     cfg = paper_pretrain(get_preset("ling_1t"), peak_lr=1.86e-4, batch_4k=18144)
     cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
+    cfg.model.attention_backend = "splash"  # Pallas TPU kernel; "tiled" on CPU/GPU
     cfg.model.remat_policy = "full"
     cfg.mesh = mesh_block(**mesh, rules="fsdp_ep", capacity_factor=1.25,
                           ep_local_backend="ragged_dot")
-    # One 4K sequence per device per microbatch: batch = batch shards × microbatches.
+    # 4K: batch = batch shards × microbatches × sequences per shard per microbatch.
     cfg.phases.pretrain_4k.batch_size = batch
     cfg.phases.pretrain_4k.microbatches = microbatches
+    # 32K/128K: one sequence per batch shard (data × fsdp × expert) per microbatch, split over
+    # the context axis; the 4K phase's tokens per step, rounded to whole sequences per shard.
+    fit_long_phases(cfg, batch_shards=mesh["expert"], tokens_per_step=batch * 4096)
     cfg.aot = dict(topology=topology, num_slices=1)
     return cfg

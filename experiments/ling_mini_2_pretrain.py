@@ -9,22 +9,27 @@ T]`; libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all
     topology                     mesh               batch x microbatches  args   temp   peak    HBM
     v5p:2x2x4   (16 chips)       fsdp 4 x expert 4  4400 x 275             8.6   13.5   22.3 GB  95
     tpu7x:2x2x2 (8 chips, 16 d)  fsdp 4 x expert 4  4400 x 275             8.6   15.6   24.3 GB  96
-4400 = 16 x 275: at most 16 batch shards. The 32K/128K phases need context parallelism (not done).
+The table was measured on the previous fsdp x expert mesh. Every phase now runs on
+context 4 x expert 4: 4K 4400 x 275 (4 sequences per batch shard per microbatch), 32K 552 x 138,
+128K 136 x 34 (550 → 552, 137.5 → 136 sequences: 4 batch shards).
+The context axis shards weights like fsdp did (same per-chip argument bytes); the context meshes'
+peaks are not re-measured yet (`ling-jax aot --config experiments/ling_mini_2_pretrain.py --phase P`).
 """
 
 from ling_jax.config import get_preset
 from ling_jax.parallel.mesh import mesh_block
-from ling_jax.train.experiment import paper_pretrain
+from ling_jax.train.experiment import fit_long_phases, paper_pretrain
 
 
 def get_config():
     cfg = paper_pretrain(get_preset("ling_mini_2"), peak_lr=3.36e-4, batch_4k=4400)
-    # 4K phase on the mesh (`ling-jax aot`, tables above): 4400 = 16 batch shards
-    # × 275 microbatches of one sequence per device.
+    # 4K: 4400 = 4 batch shards × 275 microbatches × 4 sequences, each split over context 4.
     cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
+    cfg.model.attention_backend = "splash"  # Pallas TPU kernel; "tiled" on CPU/GPU
     cfg.model.remat_policy = "full"
-    cfg.mesh = mesh_block(fsdp=4, expert=4, rules="fsdp_ep", capacity_factor=1.25,
+    cfg.mesh = mesh_block(context=4, expert=4, rules="fsdp_ep", capacity_factor=1.25,
                           ep_local_backend="ragged_dot")
     cfg.phases.pretrain_4k.microbatches = 275
+    fit_long_phases(cfg, batch_shards=4, tokens_per_step=cfg.phases.pretrain_4k.batch_size * 4096)
     cfg.aot = dict(topology="v5p:2x2x4", num_slices=1)
     return cfg

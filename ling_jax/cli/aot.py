@@ -1,7 +1,9 @@
 """`ling-jax aot --config EXPERIMENT [--topology NAME] [--num-slices N] [--phase NAME] [--json]`.
 
 Compiles the experiment's full train step for a TPU topology on this machine (libtpu, no TPU) and
-prints compile time, per-device memory (arguments, outputs, temporaries, peak) and FLOPs. The
+prints compile time, per-device memory (arguments, outputs, temporaries, peak), FLOPs and bytes
+(XLA cost analysis), collective bytes per step (from the compiled HLO, loops multiplied out) and an
+estimated step time and MFU bound from the chip's published figures (launch/chips.py). The
 topology and slice count default to the experiment's `aot` block; the mesh is its `mesh` block
 (override fields with --config.mesh.fsdp=64 etc.). Exit status 1 when the step does not fit.
 """
@@ -51,12 +53,30 @@ def _table(r: dict) -> str:
                      f"({r['peak_bytes'] / r['hbm_bytes']:.0%})")
     if r["pipeline_bubble"]:
         lines.append(f"  {'pipeline bubble':<28}{r['pipeline_bubble']:>10.1%}")
-    if r["pipeline_bubble"]:
-        lines.append(f"  {'pipeline bubble':<28}{r['pipeline_bubble']:>10.1%}")
     lines.append(f"  {'XLA FLOPs per device':<28}{r['flops_per_device']:>10.3e}   (loop bodies "
                  "counted once)")
+    lines.append(f"  {'XLA bytes per device':<28}{r['bytes_accessed_per_device']:>10.3e}   (loop "
+                 "bodies counted once)")
     lines.append(f"  {'model FLOPs per device':<28}{r['model_flops_per_device']:>10.3e}")
+    lines.extend(_collective_lines(r))
     return "\n".join(lines)
+
+
+def _collective_lines(r: dict) -> list[str]:
+    lines = [f"  collective bytes per device per step (GB on the wire): "
+             f"{r['collective_bytes_total'] / _GB:.2f}"]
+    lines += [f"    {op:<26}{b / _GB:>10.2f}" for op, b in r["collective_bytes"].items() if b]
+    est = r["estimate"]
+    if "error" in est:
+        lines.append(f"  note: {est['error']}")
+    if "chip" in est:
+        lines += [f"  estimate on {est['chip']} (published peak bf16 and ICI bandwidth):",
+                  f"    {'compute (model FLOPs)':<26}{est['compute_seconds']:>10.2f} s",
+                  f"    {'collectives (ICI)':<26}{est['collective_seconds']:>10.2f} s",
+                  f"    {'step, full overlap':<26}{est['step_seconds_bound']:>10.2f} s",
+                  f"    {'step, no overlap':<26}{est['step_seconds_serial']:>10.2f} s",
+                  f"    {'MFU bound':<26}{est['mfu_bound']:>10.1%}"]
+    return lines
 
 
 @user_errors_exit

@@ -4,11 +4,15 @@
 devices; the train step is lowered on ShapeDtypeStructs carrying the plan's shardings (nothing is
 allocated) and compiled by libtpu. XLA's memory analysis then gives per-device bytes:
     peak ≈ arguments + outputs − aliased (donated state) + temporaries + generated code
-and cost analysis the FLOPs per device. Topology names look like `v5p:8x16x16` or `tpu7x:4x4x8`.
+and cost analysis the FLOPs and bytes accessed per device. The compiled HLO gives the collective
+bytes per step and, with the chip's published figures, an estimated step time and MFU bound
+(launch/step_estimate.py, launch/chips.py). Splash attention is lowered for Mosaic (TPU).
+Topology names look like `v5p:8x16x16` or `tpu7x:4x4x8`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import re
@@ -18,6 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ling_jax.launch import step_estimate
+from ling_jax.launch.chips import chip_for_kind
+from ling_jax.ops.attention_splash import mosaic_lowering
 from ling_jax.parallel.pipeline import bubble_fraction
 from ling_jax.parallel.sharding import ShardingPlan, plan_for_experiment
 from ling_jax.train import flops
@@ -73,6 +80,11 @@ class AotReport:
     model_flops_per_device: float = 0.0
     pipeline_bubble: float = 0.0  # idle share of the circular schedule, (S−1)/(R·M+S−1)
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # explicit ones
+    bytes_accessed_per_device: float = 0.0  # XLA cost analysis (loop bodies counted once)
+    # Per step per device from the compiled HLO, loops multiplied out: {op: wire bytes}.
+    collective_bytes: dict[str, float] = dataclasses.field(default_factory=dict)
+    collective_bytes_total: float = 0.0
+    estimate: dict[str, Any] = dataclasses.field(default_factory=dict)  # StepEstimate fields
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,7 +128,29 @@ def _memory(report: AotReport, compiled, lowered) -> None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     report.flops_per_device = float((cost or {}).get("flops", 0.0))
+    report.bytes_accessed_per_device = float((cost or {}).get("bytes accessed", 0.0))
     report.collectives = _collectives(lowered)
+
+
+def _estimate(report: AotReport, compiled) -> None:
+    """Collective bytes from the compiled HLO and the step-time estimate for the chip."""
+    chip = chip_for_kind(report.device_kind)
+    try:
+        hlo = compiled.as_text()
+    except Exception as e:  # noqa: BLE001 - printing is best effort; the compile succeeded
+        # libtpu cannot print some programs (ragged all-to-all's async ops): compute time only.
+        if chip is not None:
+            report.estimate = dataclasses.asdict(step_estimate.estimate(
+                chip, report.model_flops_per_device, 0.0))
+        report.estimate["error"] = ("collective bytes unknown, compiled HLO not printable: "
+                                    + str(e).splitlines()[0][:200])
+        return
+    per_op = step_estimate.collective_bytes(hlo, report.devices)
+    report.collective_bytes = {op: v["wire_bytes"] for op, v in per_op.items()}
+    report.collective_bytes_total = sum(report.collective_bytes.values())
+    if chip is not None:
+        report.estimate = dataclasses.asdict(step_estimate.estimate(
+            chip, report.model_flops_per_device, report.collective_bytes_total))
 
 
 def _collectives(lowered) -> dict[str, int]:
@@ -150,7 +184,8 @@ def compile_train_step(cfg, devices: list[Any], *, topology: str = "", num_slice
         report.pipeline_bubble = bubble_fraction(stages, plan.spec.repeats, plan.spec.microbatches)
     t0 = time.perf_counter()
     try:
-        with plan.context():
+        tpu = devices[0].platform == "tpu"
+        with plan.context(), (mosaic_lowering() if tpu else contextlib.nullcontext()):
             lowered = plan.jit_step(fn).lower(plan.abstract(abstract),
                                               abstract_batch(plan, ph.batch_size, ph.seq_len))
             compiled = lowered.compile()
@@ -162,6 +197,7 @@ def compile_train_step(cfg, devices: list[Any], *, topology: str = "", num_slice
         return report
     report.compile_seconds = time.perf_counter() - t0
     _memory(report, compiled, lowered)
+    _estimate(report, compiled)
     if report.hbm_bytes:
         report.fits = report.peak_bytes <= report.hbm_bytes
     return report

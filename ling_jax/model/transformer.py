@@ -17,6 +17,7 @@ from ling_jax.model.mtp import MTPLayer, shift_left
 from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.stack import apply_stack, make_stack
+from ling_jax.ops.attention_context import sequence_order
 from ling_jax.ops.mixed_einsum import mixed_einsum
 
 ACTIVATION_AXES = ("batch", "seq", "embed")
@@ -28,6 +29,14 @@ class ModelOutput(NamedTuple):
     expert_counts: jax.Array  # [n_moe + n_mtp, E] int32: MoE stack layers, then MTP layers
     router_logits: jax.Array  # [n_moe + n_mtp, B, T, E] fp32, same order
     ep_dropped: jax.Array | None = None  # [n_moe + n_mtp] int32 rows dropped by EP capacity
+    # Under context parallelism the model runs (and returns logits/router logits) in zig-zag token
+    # order: position t of the outputs is input position order[t]. None: natural order.
+    order: jax.Array | None = None
+
+
+def reorder(x_BT: jax.Array, order) -> jax.Array:
+    """x[:, order] (identity when order is None): inputs or targets into the model's order."""
+    return x_BT if order is None else jnp.take(x_BT, jnp.asarray(order), axis=1)
 
 
 class LingForCausalLM(nnx.Module):
@@ -61,11 +70,16 @@ class LingForCausalLM(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
     ) -> ModelOutput:
-        """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding."""
+        """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding.
+        Under context parallelism the outputs come in `ModelOutput.order` (see `reorder`)."""
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        order = sequence_order(length)
+        natural_ids = input_ids
+        input_ids, positions = reorder(input_ids, order), reorder(positions, order)
+        segment_ids = None if segment_ids is None else reorder(segment_ids, order)
         token_mask = None if segment_ids is None else segment_ids > 0
         inv_freq, attention_scaling = rope_frequencies(cfg)  # numpy, folded at trace time
         cos, sin = rope_cos_sin(positions, inv_freq, attention_scaling, self.dtype)
@@ -85,12 +99,14 @@ class LingForCausalLM(nnx.Module):
             counts.append(c)
             router_logits.append(r)
             dropped.append(d)
-        return self._heads(x, input_ids, embed, cos, sin, mask, token_mask,
-                           (counts, router_logits, dropped))
+        return self._heads(x, natural_ids, embed, cos, sin, mask, token_mask,
+                           (counts, router_logits, dropped), order)
 
-    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux) -> ModelOutput:
+    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux,
+               order=None) -> ModelOutput:
         """Final norm, MTP layers and logits after the MoE stack; aux holds the stack's lists of
         (expert counts, router logits, dropped EP rows), to which the MTP layers' are appended.
+        input_ids in natural order (MTP shifts them across context shards before reordering).
         Shared with parallel.pipeline.PipelinedLing."""
         counts, router_logits, dropped = aux
         batch, length = input_ids.shape
@@ -98,9 +114,8 @@ class LingForCausalLM(nnx.Module):
         mtp_logits, ids = [], input_ids
         for layer in self.mtp_layers:
             ids = shift_left(ids)
-            h, (c, r, d) = layer(
-                h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin, mask, token_mask
-            )
+            emb = jnp.take(embed, reorder(ids, order), axis=0).astype(self.dtype)
+            h, (c, r, d) = layer(h, constrain(emb, ACTIVATION_AXES), cos, sin, mask, token_mask)
             mtp_logits.append(self.logits(h))
             counts.append(c[None])
             router_logits.append(r[None])
@@ -121,4 +136,5 @@ class LingForCausalLM(nnx.Module):
                 else jnp.zeros((0, batch, length, n_exp), jnp.float32)
             ),
             ep_dropped=jnp.concatenate(dropped) if dropped else jnp.zeros((0,), jnp.int32),
+            order=None if order is None else jnp.asarray(order, jnp.int32),
         )

@@ -4,7 +4,9 @@ The kernel works on one sequence ([N,T,H] queries, [K,S,H] keys), so it is vmapp
 It does not scale the scores, so q is scaled by 1/√H first. Lengths are padded to the blocks with
 segment id -1 (real ids are >= 0), which padded queries alone share. Off TPU the kernel runs in
 Pallas interpret mode (tests only), except under `mosaic_lowering()`, for ahead-of-time compiles
-for a TPU topology from a CPU host. Cached decode steps (a query offset) are not supported.
+for a TPU topology from a CPU host. A query offset must be a Python int (it becomes the static
+causal mask's offset; context parallelism passes one per shard); traced ones (cached decode steps)
+are not supported.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def splash_attention(q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q: in
     """softmax(QKᵀ/√H masked) V → [B,T,N,H] with the splash kernel (blocks multiples of 128)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-    if mask.q_offset is not None:
-        raise ValueError("attention_backend 'splash' has no query offset (cached decode steps); "
+    offset = mask.q_offset
+    if offset is not None and not isinstance(offset, int):
+        raise ValueError("attention_backend 'splash' takes no traced query offset (cached decode); "
                          "decode single tokens with the 'reference' backend")
     batch, length, num_heads, head_dim = q_BTNH.shape
     keys, dtype = k_BSKH.shape[1], v_BSKH.dtype
@@ -65,11 +68,18 @@ def splash_attention(q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q: in
     k, v = (_pad(a.astype(dtype), s_pad).transpose(0, 2, 1, 3) for a in (k_BSKH, v_BSKH))
     segments = splash.SegmentIds(q=_pad(mask.q_segment_BT, t_pad, _PAD_SEGMENT),
                                  kv=_pad(mask.kv_segment_BS, s_pad, _PAD_SEGMENT))
-    heads_mask = splash.MultiHeadMask([splash.CausalMask((t_pad, s_pad))] * num_heads)
+    # A one-head mask, vmapped over heads: splash builds its block tables in Python per head of
+    # the mask (minutes for 64 heads at 128K), while every head here has the same mask.
+    causal = splash.CausalMask((t_pad, s_pad), offset=offset or 0)
     blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
                                block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                                block_kv_dq=bkv)
-    kernel = splash.make_splash_mha(heads_mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                                    interpret=_interpret())
-    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=s))(q, k, v, segments)
+    kernel = splash.make_splash_mha(splash.MultiHeadMask([causal]), block_sizes=blocks,
+                                    head_shards=1, q_seq_shards=1, interpret=_interpret())
+    one_head = lambda q, k, v, seg: kernel(q[None], k[None], v[None], segment_ids=seg)[0]
+    per_group = jax.vmap(one_head, in_axes=(0, None, None, None))  # G query heads share a KV head
+    per_kv_head = jax.vmap(per_group, in_axes=(0, 0, 0, None))
+    num_kv = k.shape[1]
+    q = q.reshape(batch, num_kv, num_heads // num_kv, t_pad, head_dim)
+    out = jax.vmap(per_kv_head)(q, k, v, segments).reshape(batch, num_heads, t_pad, head_dim)
     return out.transpose(0, 2, 1, 3)[:, :length].astype(dtype)

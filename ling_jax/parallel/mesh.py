@@ -1,11 +1,13 @@
 """The device mesh from an experiment's `mesh` block, validated before anything compiles.
 
-    mesh = dict(data=1, fsdp=8, expert=4, tensor=1, pipeline=1,        # ICI sizes (one may be -1)
+    mesh = dict(data=1, fsdp=8, context=1, expert=4, tensor=1,         # ICI sizes (one may be -1)
+                pipeline=1,
                 dcn_data=2,                                            # DCN (multi-slice) sizes
                 rules="fsdp_ep", repeats=1, pipeline_microbatches=0,   # rules, pipeline schedule
                 capacity_factor=0.0, ep_local_backend="blocked")       # expert parallelism
 Each axis spans ICI size × DCN size devices. The axis order puts `tensor` innermost (fastest
-links) and `pipeline` outermost. Axis types are Auto: jit propagates shardings between the
+links) and `pipeline` outermost; `context` (context parallelism: the sequence sharded, K/V
+gathered in attention) sits between fsdp and expert. Axis types are Auto: jit propagates shardings between the
 in/out shardings and the constraints we set.
 """
 
@@ -24,7 +26,7 @@ from jax.sharding import AxisType, Mesh
 
 from ling_jax.parallel.rules import RULE_SETS, get_rules, shard_count
 
-MESH_AXES = ("pipeline", "data", "fsdp", "expert", "tensor")
+MESH_AXES = ("pipeline", "data", "fsdp", "context", "expert", "tensor")
 
 MESH_DEFAULTS: dict[str, Any] = {
     **{a: 1 for a in MESH_AXES},
@@ -122,7 +124,8 @@ def validate_mesh(spec: MeshSpec, model_cfg: Any, *, device_count: int | None = 
                   phases: Iterable[tuple[str, int, int]] = ()) -> None:
     """Raise MeshError (one line naming the fields) unless the mesh fits model, batch, devices.
 
-    `phases`: (name, global batch_size, microbatches) of every phase that will run on the mesh.
+    `phases`: (name, global batch_size, microbatches[, seq_len]) of every phase that will run
+    on the mesh.
     """
     shape = spec.shape
     desc = " × ".join(f"{a}={shape[a]}" for a in MESH_AXES)
@@ -150,9 +153,17 @@ def validate_mesh(spec: MeshSpec, model_cfg: Any, *, device_count: int | None = 
     _check(not spec.ep_local_backend.startswith("ep_"),
            f"mesh.ep_local_backend: {spec.ep_local_backend!r} must be a local backend "
            "(blocked, ragged_dot, ...), not an expert-parallel one")
+    context = shard_count("seq", get_rules(spec.rules), shape)
+    _check(context == 1 or stages == 1,
+           f"mesh.context: context parallelism ({context}) does not run inside the pipeline "
+           f"(pipeline={stages}); use one of them")
     shards = shard_count("batch", get_rules(spec.rules), shape)
     pipe_mb = spec.microbatches if stages > 1 else 1
-    for name, batch, micro in phases:
+    for name, batch, micro, *seq in phases:
+        _check(context == 1 or not seq or seq[0] % (2 * context) == 0,
+               f"phases.{name}.seq_len: {seq[0] if seq else 0} is not divisible by 2 × "
+               f"mesh.context ({2 * context}); context parallelism cuts each sequence into "
+               "2 × context chunks")
         need = shards * micro * pipe_mb
         _check(batch % need == 0,
                f"phases.{name}.batch_size: {batch} is not divisible by the batch shards "
@@ -179,15 +190,16 @@ def make_mesh(spec: MeshSpec, devices: Sequence[Any] | None = None) -> Mesh:
                                                     allow_split_physical_axes=True)
     else:  # CPU test devices have no slices: DCN axes outermost, in device order
         grid = np.array(devices).reshape(*dcn, *ici)
-        grid = grid.transpose(*(j for i in range(5) for j in (i, i + 5)))
+        n = len(MESH_AXES)
+        grid = grid.transpose(*(j for i in range(n) for j in (i, i + n)))
         grid = grid.reshape([i * d for i, d in zip(ici, dcn, strict=True)])
     return Mesh(grid, MESH_AXES, axis_types=types)
 
 
 def experiment_phases(cfg: Any) -> list[tuple[str, int, int]]:
-    """(name, batch_size, microbatches) of an experiment's phases, for validate_mesh."""
-    return [(n, int(cfg.phases[n].batch_size), int(cfg.phases[n].microbatches))
-            for n in cfg.phase_order]
+    """(name, batch_size, microbatches, seq_len) of an experiment's phases, for validate_mesh."""
+    return [(n, int(cfg.phases[n].batch_size), int(cfg.phases[n].microbatches),
+             int(cfg.phases[n].get("seq_len", 0) or 0)) for n in cfg.phase_order]
 
 
 __all__ = ["MESH_AXES", "MESH_DEFAULTS", "MeshError", "MeshSpec", "RULE_SETS", "experiment_phases",

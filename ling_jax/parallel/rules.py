@@ -2,13 +2,16 @@
 
 The model names logical axes only (batch, seq, embed, heads, kv_heads, head_dim, mlp, expert,
 vocab, layers); a rule set maps each to an ordered tuple of mesh axes. Named sets:
-  fsdp_ep   tokens over data×fsdp×expert; non-expert weights ZeRO-3 over fsdp×expert; expert
-            weights over expert (experts) × fsdp (embed); heads/mlp/vocab over tensor.
+  fsdp_ep   tokens over data×fsdp×expert; non-expert weights ZeRO-3 over fsdp×context×expert;
+            expert weights over expert (experts) × fsdp×context (embed); heads/mlp/vocab over
+            tensor.
   ep_as_dp  as fsdp_ep, but the expert axis is plain data parallelism for non-expert weights
             (replicated over it): fewer all-gathers, more memory.
   fsdp      tokens over data×fsdp only; the expert axis shards expert weights alone and the
             tokens are replicated over it (EP by local compute + psum, no all-to-all).
   dp        everything replicated except the batch (data parallelism; small models, tests).
+Every set shards the sequence (`seq`) over `context` (context parallelism) and also ZeRO-shards
+weights over it, so a context axis adds memory savings as fsdp does.
 A mesh axis is used at most once per spec (the first logical axis that asks wins), and an axis
 whose size does not divide the dimension is skipped, so every spec is valid for its shape.
 """
@@ -26,7 +29,7 @@ LOGICAL_AXES = ("batch", "seq", "embed", "heads", "kv_heads", "head_dim", "mlp",
                 "vocab", "layers")
 
 _COMMON: dict[str, tuple[str, ...]] = {
-    "seq": (),
+    "seq": ("context",),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": (),
@@ -37,11 +40,12 @@ _COMMON: dict[str, tuple[str, ...]] = {
 }
 
 RULE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "fsdp_ep": {**_COMMON, "batch": ("data", "fsdp", "expert"), "embed": ("fsdp", "expert")},
-    "ep_as_dp": {**_COMMON, "batch": ("data", "fsdp", "expert"), "embed": ("fsdp",)},
-    "fsdp": {**_COMMON, "batch": ("data", "fsdp"), "embed": ("fsdp",)},
+    "fsdp_ep": {**_COMMON, "batch": ("data", "fsdp", "expert"),
+                "embed": ("fsdp", "context", "expert")},
+    "ep_as_dp": {**_COMMON, "batch": ("data", "fsdp", "expert"), "embed": ("fsdp", "context")},
+    "fsdp": {**_COMMON, "batch": ("data", "fsdp"), "embed": ("fsdp", "context")},
     "dp": {**{k: () for k in _COMMON}, "batch": ("data", "fsdp", "expert"), "embed": (),
-           "expert": ("expert",)},
+           "expert": ("expert",), "seq": ("context",)},
 }
 
 

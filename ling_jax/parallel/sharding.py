@@ -7,7 +7,9 @@
 Parameters and expert biases follow their `logical_axes` metadata (stacked layers get a leading
 `layers` axis); optimizer-state leaves that mirror a parameter (same trailing key path and shape:
 Adam's mu and nu) take that parameter's sharding; scalars and the rest are replicated. The batch
-is sharded on its first dimension over the rule set's `batch` axes.
+is sharded on its first dimension over the rule set's `batch` axes and, with a context axis, on
+its sequence dimension over `context` (context parallelism; attention then gathers K/V, see
+ops/attention_context.py, and activations are pinned to batch × sequence sharding).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ling_jax.model.logical import activation_sharding
 from ling_jax.model.moe import ExpertBias
 from ling_jax.model.transformer import LingForCausalLM
+from ling_jax.ops.attention_context import ContextSettings, context_settings
 from ling_jax.ops.ep_transport import EPSettings, ep_settings
 from ling_jax.parallel.mesh import MeshSpec, experiment_phases, make_mesh, mesh_spec, validate_mesh
 from ling_jax.parallel.rules import Rules, axes_of, get_rules, logical_to_spec
@@ -125,8 +129,14 @@ class ShardingPlan:
     @property
     def batch(self) -> NamedSharding:
         """Sharding of every [B, T] batch array (a prefix for the batch dict)."""
-        return NamedSharding(self.mesh, logical_to_spec(("batch",), self.rules, None,
+        return NamedSharding(self.mesh, logical_to_spec(("batch", "seq"), self.rules, None,
                                                         dict(self.mesh.shape)))
+
+    @property
+    def context_shards(self) -> int:
+        """Ways the sequence is split (context parallelism; 1: off)."""
+        shape = dict(self.mesh.shape)
+        return int(np.prod([shape[a] for a in axes_of("seq", self.rules, shape)]))
 
     @property
     def replicated(self) -> NamedSharding:
@@ -135,15 +145,39 @@ class ShardingPlan:
     def ep_settings(self) -> EPSettings:
         shape = dict(self.mesh.shape)
         spec = self.spec
-        return EPSettings(token_axes=axes_of("batch", self.rules, shape), expert_axis="expert",
+        tokens = axes_of("batch", self.rules, shape) + axes_of("seq", self.rules, shape)
+        return EPSettings(token_axes=tokens, expert_axis="expert",
                           mlp_axes=axes_of("mlp", self.rules, shape),
                           capacity_factor=spec.capacity_factor if spec else 0.0,
                           local_backend=spec.ep_local_backend if spec else "blocked")
 
+    def context_settings(self) -> ContextSettings | None:
+        """Context-parallel attention's axes, or None without a context axis."""
+        shape = dict(self.mesh.shape)
+        seq = axes_of("seq", self.rules, shape)
+        if not seq:
+            return None
+        if len(seq) > 1:
+            raise ValueError(f"mesh.rules: the sequence may be sharded over one axis, got {seq}")
+        return ContextSettings(axis=seq[0], batch_axes=axes_of("batch", self.rules, shape),
+                               head_axes=axes_of("heads", self.rules, shape))
+
+    def _activation_spec(self, axes: tuple[str | None, ...]) -> P:
+        """Activations follow the batch and sequence rules only (weights' rules do not apply)."""
+        keep = tuple(a if a in ("batch", "seq") else None for a in axes)
+        return logical_to_spec(keep, self.rules, None, dict(self.mesh.shape))
+
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
-        """Mesh + EP settings for tracing (the EP backends read both)."""
-        with jax.set_mesh(self.mesh), ep_settings(self.ep_settings()):
+        """Mesh + EP and context-parallel settings for tracing (the backends read them); with a
+        context axis, activation constraints keep tokens sharded over batch × sequence."""
+        cp = self.context_settings()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(jax.set_mesh(self.mesh))
+            stack.enter_context(ep_settings(self.ep_settings()))
+            stack.enter_context(context_settings(cp))
+            if cp is not None:
+                stack.enter_context(activation_sharding(self.mesh, self._activation_spec))
             yield
 
     def place(self, state):

@@ -227,3 +227,14 @@ def paper_pretrain(model, *, peak_lr: float, batch_4k: int) -> ml_collections.Co
     return experiment(model, tokenizer=dict(kind="builtin", vocab_size=32768, cache_dir="", path=""),
                       phases=phases, checkpoint=checkpointing(every_steps=1000, keep=3,
                                                               keep_every=10000))
+
+
+def fit_long_phases(cfg, batch_shards: int, tokens_per_step: int,
+                    names=("context_32k", "reasoning_32k", "yarn_128k")) -> None:
+    """Give each long phase the given tokens per step in whole sequences, rounded to the nearest
+    multiple of the mesh's batch shards, with one sequence per batch shard per microbatch (the
+    context axis then splits each sequence; e.g. 2268 × 32K → 2272 = 32 × 71 on 32 shards)."""
+    for name in names:
+        phase = cfg.phases[name]
+        per_shard = max(1, round(tokens_per_step / phase.seq_len / batch_shards))
+        phase.batch_size, phase.microbatches = per_shard * batch_shards, per_shard

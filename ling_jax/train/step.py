@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ling_jax.model.transformer import reorder
 from ling_jax.train.balancing import load_metrics, update_expert_bias
 from ling_jax.train.losses import mtp_targets, next_token_loss, z_loss
 from ling_jax.train.optimizer import current_lr, global_norm
@@ -44,15 +45,17 @@ def _normalisers(batch: dict, num_mtp: int) -> dict:
 def _micro_loss(params, biases, mb: dict, norms: dict, graphdef, sc: StepConfig):
     model = nnx.merge(graphdef, params, biases)
     out = model(mb["inputs"], mb["positions"], mb["segment_ids"])
-    lm_sum, _ = next_token_loss(out.logits, mb["targets"], mb["loss_mask"])
+    # Targets are built in natural order, then put in the model's (context-parallel) token order.
+    order = lambda x: reorder(x, out.order)
+    lm_sum, _ = next_token_loss(out.logits, order(mb["targets"]), order(mb["loss_mask"]))
     loss = lm_sum / norms["lm"]
     mtp_sums = []
     for d in range(sc.num_mtp):
         targets, mask = mtp_targets(mb["targets"], mb["loss_mask"], mb["segment_ids"], depth=d + 1)
-        s, _ = next_token_loss(out.mtp_logits[d], targets, mask)
+        s, _ = next_token_loss(out.mtp_logits[d], order(targets), order(mask))
         mtp_sums.append(s)
         loss = loss + sc.mtp_weight / sc.num_mtp * s / norms["mtp"][d]
-    token_mask = mb["segment_ids"] > 0
+    token_mask = order(mb["segment_ids"]) > 0
     tokens = token_mask.sum().astype(jnp.float32)
     z_sum = jnp.zeros((), jnp.float32)
     if out.router_logits.shape[0]:

@@ -17,7 +17,7 @@ def test_mesh_spec_fills_minus_one_and_multiplies_dcn():
 def test_make_mesh_axes_and_hybrid_layout():
     mesh = make_mesh(mesh_spec(dict(data=2, expert=2, tensor=2)))
     assert mesh.axis_names == MESH_AXES
-    assert dict(mesh.shape) == dict(pipeline=1, data=2, fsdp=1, expert=2, tensor=2)
+    assert dict(mesh.shape) == dict(pipeline=1, data=2, fsdp=1, context=1, expert=2, tensor=2)
     hybrid = make_mesh(mesh_spec(dict(fsdp=4, dcn_data=2)))
     assert dict(hybrid.shape)["data"] == 2 and dict(hybrid.shape)["fsdp"] == 4
     # The DCN axis is outermost: the first 4 devices form one "slice" (data index 0).
@@ -34,9 +34,14 @@ def test_make_mesh_axes_and_hybrid_layout():
     (dict(data=2, fsdp=4), [("pretrain", 12, 1)], "phases.pretrain.batch_size: 12"),
     (dict(data=2, fsdp=4), [("pretrain", 16, 4)], "microbatches (4)"),
     (dict(data=8, capacity_factor=-1.0), (), "mesh.capacity_factor"),
+    (dict(context=4, data=2), [("long", 8, 1, 4096)], None),
+    (dict(context=4, data=2), [("long", 8, 1, 4100)], "phases.long.seq_len: 4100 is not "
+                                                      "divisible by 2 × mesh.context (8)"),
+    (dict(context=2, pipeline=2, data=2), (), "mesh.context: context parallelism (2) does not"),
 ])
 def test_validation_names_the_field(mesh, phases, needle):
     cfg = get_preset("ling_mini_2")  # 256 experts, 16 heads, 4 kv heads, 19 MoE layers
+    cfg.num_hidden_layers = 21 if mesh.get("pipeline") == 2 else cfg.num_hidden_layers
     spec = mesh_spec(mesh)
     devices = 8 if mesh == dict(data=4) else spec.num_devices
     if needle is None:
@@ -74,7 +79,13 @@ def test_logical_to_spec_uses_each_axis_once_and_only_if_it_divides():
     # 3 kv heads cannot be split over tensor=2: replicated instead of an invalid spec.
     assert logical_to_spec(("embed", "kv_heads", "head_dim"), rules, (64, 3, 16), shape) == \
         P(("fsdp", "expert"), None, None)
-    assert logical_to_spec(("batch", "seq"), rules) == P(("data", "fsdp", "expert"), None)
+    assert logical_to_spec(("batch", "seq"), rules) == P(("data", "fsdp", "expert"), "context")
+    assert logical_to_spec(("batch", "seq"), rules, (4, 16), shape) == P(("data", "fsdp"), None)
+    # A context axis shards the sequence and ZeRO-shards weights' embed dim like fsdp.
+    cp = dict(shape, context=2)
+    assert logical_to_spec(("batch", "seq"), rules, (4, 16), cp) == P(("data", "fsdp"), "context")
+    assert logical_to_spec(("layers", "expert", "embed", "mlp"), rules, (3, 8, 64, 32), cp) == \
+        P(None, "expert", ("fsdp", "context"), "tensor")
     with pytest.raises(ValueError, match="logical axis 'heads_typo' has no rule"):
         logical_to_spec(("heads_typo",), rules)
 

@@ -1,0 +1,152 @@
+"""Paper estimate of a compiled train step: collective bytes from its HLO, time and MFU bounds.
+
+Collectives are read from the compiled (SPMD-partitioned) HLO text: every all-gather,
+reduce-scatter, all-reduce, all-to-all, ragged-all-to-all and collective-permute (sync or
+async `-start`), with its operand bytes and replica-group size, multiplied by how often it runs:
+a while loop's body counts `known_trip_count` times (scanned layers, microbatches), nested loops
+multiply. Bytes on the wire per device follow the ring algorithms: all-gather (n-1)·operand,
+reduce-scatter and all-to-all (n-1)/n·operand, all-reduce 2(n-1)/n·operand, collective-permute
+the operand. Estimated times per step, per device:
+    compute    = model FLOPs / peak bf16 FLOP/s        (XLA's FLOPs count loop bodies once)
+    collective = wire bytes / ICI bandwidth (bidirectional per chip / devices per chip)
+    step bound = max(compute, collective) (perfect overlap); serial = their sum
+    MFU bound  = compute / step bound
+HBM traffic is not estimated (XLA's bytes-accessed also counts loop bodies once; reported as is).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+
+from ling_jax.launch.chips import Chip
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "ragged-all-to-all",
+               "collective-permute")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "bf16": 2,
+          "f16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_SHAPE = re.compile(r"\b([a-z0-9]+)\[([0-9,]*)\]")
+_OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_TRIP = re.compile(r'known_trip_count[^0-9]*(\d+)')
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        if dtype in _BYTES:
+            n = 1
+            for d in filter(None, dims.split(",")):
+                n *= int(d)
+            total += n * _BYTES[dtype]
+    return total
+
+
+def _group_size(line: str, devices: int) -> int:
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
+    if iota:
+        return int(iota.group(2))
+    explicit = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+    if explicit:
+        return len(explicit.group(1).split(","))
+    pairs = re.search(r"source_target_pairs=\{(.*?)\}\s*[,}]", line)
+    return 2 if pairs else devices
+
+
+def _operand_bytes(result: str, op: str, n: int, start: bool) -> float:
+    """Operand bytes from the printed result shape (operands are printed without shapes)."""
+    if start and result.startswith("("):  # async start: (operand, output, ...) → the operand
+        return _shape_bytes(_SHAPE.search(result).group(0))
+    size = _shape_bytes(result)
+    if op == "all-gather":
+        return size / max(n, 1)
+    if op == "reduce-scatter":
+        return size * n
+    return size
+
+
+def _wire_factor(op: str, n: int) -> float:
+    if n <= 1:
+        return 0.0
+    return {"all-gather": n - 1, "reduce-scatter": (n - 1) / n, "all-to-all": (n - 1) / n,
+            "ragged-all-to-all": (n - 1) / n, "all-reduce": 2 * (n - 1) / n,
+            "collective-permute": 1.0}[op]
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    comps: dict[str, list[str]] = {}
+    name = None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if head and not line.startswith(" "):
+            name = ("ENTRY:" if line.startswith("ENTRY") else "") + head.group(1)
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+    return comps
+
+
+def _multipliers(comps: dict[str, list[str]]) -> dict[str, float]:
+    """How often each computation runs per step (while bodies × trip count, nested)."""
+    names = {n.removeprefix("ENTRY:"): n for n in comps}
+    calls: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
+    for name, lines in comps.items():
+        for line in lines:
+            trip = _TRIP.search(line)
+            for attr, callee in re.findall(
+                    r"\b(body|condition|to_apply|calls|branch_computations)=\{?%?([\w.\-]+)", line):
+                if callee in names:
+                    weight = float(trip.group(1)) if (trip and attr == "body") else 1.0
+                    calls[name].append((names[callee], weight))
+    mult: dict[str, float] = collections.defaultdict(float)
+    entry = [n for n in comps if n.startswith("ENTRY:")]
+
+    def visit(name: str, m: float, depth: int = 0) -> None:
+        if depth > 64:
+            return
+        mult[name] += m
+        for callee, w in calls.get(name, []):
+            visit(callee, m * w, depth + 1)
+
+    for e in entry:
+        visit(e, 1.0)
+    return mult
+
+
+def collective_bytes(hlo: str, devices: int) -> dict[str, dict[str, float]]:
+    """{op: {"count", "operand_bytes", "wire_bytes"}} per step per device from compiled HLO."""
+    comps = _computations(hlo)
+    mult = _multipliers(comps)
+    out = {op: {"count": 0.0, "operand_bytes": 0.0, "wire_bytes": 0.0} for op in COLLECTIVES}
+    for name, lines in comps.items():
+        m = mult.get(name, 0.0)
+        for line in lines:
+            hit = _OP.search(line)
+            if not hit or not m:
+                continue
+            result, op, start = hit.groups()
+            n = _group_size(line, devices)
+            size = _operand_bytes(result, op, n, bool(start))
+            out[op]["count"] += m
+            out[op]["operand_bytes"] += m * size
+            out[op]["wire_bytes"] += m * size * _wire_factor(op, n)
+    return out
+
+
+@dataclasses.dataclass
+class StepEstimate:
+    chip: str
+    compute_seconds: float
+    collective_seconds: float
+    step_seconds_bound: float  # max(compute, collective): perfect overlap
+    step_seconds_serial: float  # compute + collective: no overlap
+    mfu_bound: float
+
+
+def estimate(chip: Chip, model_flops_per_device: float, wire_bytes_per_device: float
+             ) -> StepEstimate:
+    compute = model_flops_per_device / chip.per_device(chip.peak_bf16)
+    collective = wire_bytes_per_device / chip.per_device(chip.ici_bw)
+    bound = max(compute, collective)
+    return StepEstimate(chip.name, compute, collective, bound, compute + collective,
+                        compute / bound if bound else 0.0)
