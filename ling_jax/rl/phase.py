@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ling_jax.data.arithmetic import arithmetic_problem, difficulty_at
+from ling_jax.data.arithmetic import difficulty_at
 from ling_jax.model.decode import SamplingParams
 from ling_jax.rl import compiled
-from ling_jax.rl.config import arithmetic_source, rl_settings, stage_at, validate_rl_phase
-from ling_jax.rl.evaluation import greedy_correct, heldout_change, heldout_set
+from ling_jax.rl.config import rl_settings, stage_at, task_source, validate_rl_phase
+from ling_jax.rl.evaluation import greedy_eval, heldout_change
 from ling_jax.rl.phase_optimizer import (
     optimizer_config,
     phase_optimizer,
@@ -46,6 +46,7 @@ from ling_jax.rl.rollout import (
     training_batch,
 )
 from ling_jax.rl.step_metrics import rollout_metrics
+from ling_jax.rl.tasks import get_task
 from ling_jax.rl.update import UpdateConfig, minibatch_order
 from ling_jax.train.balancing import load_metrics
 from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
@@ -73,7 +74,10 @@ class RLPhase:
         self.prompts_per_step, self.group_size = int(phase.batch_size), rl["group_size"]
         self.max_prompt = rl["max_prompt_tokens"]
         self.slots = int(phase.seq_len) - self.max_prompt
-        self.source = arithmetic_source(phase, f"phases.{name}")
+        self.source = task_source(phase, f"phases.{name}")
+        self.task = get_task(self.source["kind"])
+        sandbox = dict(rl["reward_params"].get("code_function", {}))
+        self.sandbox = {k: v for k, v in sandbox.items() if k != "partial_credit"}
         tok = ctx.tokenizer
         self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
         model_json = self.model_cfg.to_json()
@@ -86,7 +90,8 @@ class RLPhase:
         self._update = self._make_update(ctx, phase, model_json)
         self.base_key = jax.random.key(phase_seed(exp.seed, name))
         difficulty = rl["eval_difficulty"] or sorted({d for s in self.stages for d in s.difficulty})
-        self.eval_set = heldout_set(rl["eval_problems"], difficulty, seed=self.source["seed"])
+        self.eval_set = self.task.problems("heldout", rl["eval_problems"], difficulty,
+                                           seed=self.source["seed"])
         self.workdir = getattr(ctx, "workdir", None)
         if rl["kl_beta"] > 0 and self.workdir is None:
             raise ValueError(f"phases.{name}.rl.kl_beta > 0 needs PhaseContext.workdir to keep "
@@ -116,8 +121,8 @@ class RLPhase:
         stage = stage_at(self.stages, step_in_phase)
         first = step_in_phase * self.prompts_per_step
         src = self.source
-        return [arithmetic_problem(i % src["num_docs"], split=src["split"], seed=src["seed"],
-                                   difficulty=difficulty_at(i, stage.difficulty))
+        return [self.task.problem(i % src["num_docs"], split=src["split"], seed=src["seed"],
+                                  difficulty=difficulty_at(i, stage.difficulty))
                 for i in range(first, first + self.prompts_per_step)]
 
     def data_state(self) -> dict:
@@ -133,24 +138,29 @@ class RLPhase:
         pass
 
     def plot(self, records: list[dict], out_path) -> pathlib.Path:
-        """Reward / accuracy / held-out accuracy / length / clip / KL / entropy curves (PNG)."""
-        return plot_rl(records, self.name, out_path)
+        """Reward / accuracy / held-out accuracy / length / clip / KL / entropy curves and the
+        held-out accuracy-vs-tokens curve (PNG)."""
+        return plot_rl(records, self.name, out_path, metric=self.task.metric)
 
     # -- the step -----------------------------------------------------------------------------
 
-    def evaluate(self, state: dict) -> np.ndarray:
-        """[n] bool: greedy exact match on the held-out set under `state`'s policy."""
-        return greedy_correct(self._greedy, state["params"], state["biases"], self.tokenizer,
-                              self.eval_set, max_prompt_tokens=self.max_prompt,
-                              max_steps=self.slots, pad_id=self.pad_id)
+    def evaluate(self, state: dict) -> tuple[np.ndarray, np.ndarray]:
+        """([n] bool correct, [n] response tokens): greedy responses to the held-out set under
+        `state`'s policy (exact match or pass@1, by task)."""
+        return greedy_eval(self._greedy, state["params"], state["biases"], self.tokenizer,
+                           self.eval_set, max_prompt_tokens=self.max_prompt,
+                           max_steps=self.slots, pad_id=self.pad_id,
+                           correct_fn=lambda texts, problems: self.task.correct(
+                               texts, problems, **self.sandbox))
 
     def _phase_start_opt_state(self, state: dict):
         """The optimizer state the phase starts from (phase_optimizer.phase_start_opt_state)."""
         return phase_start_opt_state(self.optimizer, self.rl, state)
 
     def _eval_metrics(self, state: dict, suffix: str = "") -> dict:
-        correct = self.evaluate(state)
+        correct, tokens = self.evaluate(state)
         return {f"heldout_accuracy{suffix}": float(correct.mean()),
+                f"heldout_tokens{suffix}": float(tokens.mean()),
                 f"heldout_correct{suffix}": correct.astype(np.int32).tolist()}
 
     def step(self, state: dict) -> tuple[dict, dict]:
@@ -194,7 +204,7 @@ class RLPhase:
         # 2. reward: answer + format + the stage's length reward, [P, G]
         rewards, components = score_rollouts(rollouts, problems, self.group_size,
                                              rl["reward_weights"], rl["reward_params"],
-                                             stage.length_alpha)
+                                             stage.length_alpha, self.task)
         # 3. advantage: group z-scores, laid out with the sentence ids as the update's batch
         sids = sentence_ids(rollouts, self.tokenizer, rl["pause_chars"], rl["objective"] == "lpo")
         batch = jax.tree.map(jnp.asarray, training_batch(rollouts, rewards, sids,
@@ -205,8 +215,10 @@ class RLPhase:
         if rl["kl_beta"] > 0:
             ref_params, ref_biases = self._reference(state, k)
             batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
+        repeated = [p for p in problems for _ in range(self.group_size)]
+        correct = self.task.correct(rollouts.texts, repeated, **self.sandbox)  # cached for code
         return batch, rollout_metrics(rollouts, problems, self.group_size, rewards, components,
-                                      batch, entropy, stage)
+                                      batch, entropy, stage, correct)
 
     def _reference(self, state: dict, step_in_phase: int):
         """(params, biases) of the phase start (kl_beta > 0), kept under the workdir."""

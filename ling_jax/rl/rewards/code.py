@@ -14,6 +14,7 @@ completion, the sandbox result and `correct` (all tests pass, used by the length
 from __future__ import annotations
 
 import ast
+import collections
 import dataclasses
 from collections.abc import Sequence
 
@@ -30,6 +31,25 @@ from ling_jax.rl.rewards.sandbox import (
 )
 
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(SandboxLimits))
+CACHE_SIZE = 16384  # sandbox results kept per process (a step's accuracy re-reads its rewards')
+_cache: collections.OrderedDict = collections.OrderedDict()
+
+
+def _run_cached(jobs: list[SandboxJob], limits: SandboxLimits, workers: int | None,
+                isolation: str | None) -> list[SandboxResult]:
+    """run_jobs, reusing earlier results of the same job under the same limits (not timeouts,
+    which depend on the machine's load)."""
+    keys = [(job, limits, isolation) for job in jobs]
+    missing = list(dict.fromkeys(k for k in keys if k not in _cache))
+    fresh = {}
+    for key, result in zip(missing, run_jobs([k[0] for k in missing], limits, workers, isolation),
+                           strict=True):
+        fresh[key] = result
+        if result.status != "timeout":
+            _cache[key] = result
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+    return [fresh[k] if k in fresh else _cache[k] for k in keys]
 
 
 def program_of(task, completion: str) -> str:
@@ -80,7 +100,7 @@ def execute_groups(groups: Sequence[RolloutGroup], *, workers: int | None = None
             runnable.append((gi, ci))
             jobs.append(SandboxJob(program, task.entry_point, tuple(task.args),
                                    tuple(task.expected)))
-    results = dict(zip(runnable, run_jobs(jobs, SandboxLimits(**limits), workers, isolation),
+    results = dict(zip(runnable, _run_cached(jobs, SandboxLimits(**limits), workers, isolation),
                        strict=True))
     out = list(groups)
     for gi, g in enumerate(groups):
