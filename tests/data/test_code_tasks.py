@@ -38,3 +38,11 @@ def test_source_records_and_bad_input():
         code_task(0, split="test")
     with pytest.raises(ValueError, match="difficulty"):
         code_task(0, difficulty=7)
+
+
+def test_data_config_accepts_builtin_code_and_names_bad_levels():
+    from ling_jax.data import validate_data_config
+
+    validate_data_config({"sources": {"code": {"kind": "builtin_code", "difficulty": [1, 2]}}})
+    with pytest.raises(ValueError, match=r"difficulty=3; levels are \[1, 2\]"):
+        validate_data_config({"sources": {"code": {"kind": "builtin_code", "difficulty": 3}}})
