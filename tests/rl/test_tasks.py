@@ -100,5 +100,6 @@ def test_code_rl_phase_runs_in_the_loop_and_reports_tokens(tmp_path):
     for key in ("reward_code_syntax", "reward_code_function", "reward_code_aesthetics",
                 "reward_length", "heldout_tokens", "accuracy"):
         assert all(np.isfinite(r[key]) for r in rows), key
-    assert 0 < rows[0]["heldout_tokens"] <= 16 and "heldout_tokens_end" in rows[-1]
+    # Greedy evaluation may use the whole response buffer: seq_len 72 - max_prompt_tokens 48.
+    assert 0 < rows[0]["heldout_tokens"] <= 24 and "heldout_tokens_end" in rows[-1]
     assert (tmp_path / "phase_rl.png").stat().st_size > 1000
