@@ -55,6 +55,11 @@ def test_hostile_completions_are_contained_and_the_step_continues():
     # The step's accuracy reads the same (cached) sandbox results.
     assert CODE.correct(texts, [task] * group, cpu_seconds=1, wall_seconds=20.0).tolist() == (
         [True] + [False] * (group - 1))
+    # List arguments and values (jobs are keyed by their JSON) are judged like the rest.
+    lists = next(t for t in (code_task(i, difficulty=2) for i in range(50))
+                 if isinstance(t.args[0][0], list) and isinstance(t.expected[0], list))
+    assert CODE.correct([lists.completion, "    return items\n"], [lists] * 2).tolist() == [
+        True, False]
 
 
 def _code_phase(**rl):

@@ -39,10 +39,10 @@ def _run_cached(jobs: list[SandboxJob], limits: SandboxLimits, workers: int | No
                 isolation: str | None) -> list[SandboxResult]:
     """run_jobs, reusing earlier results of the same job under the same limits (not timeouts,
     which depend on the machine's load)."""
-    keys = [(job, limits, isolation) for job in jobs]
-    missing = list(dict.fromkeys(k for k in keys if k not in _cache))
+    keys = [(job.key, limits, isolation) for job in jobs]
+    missing = {k: job for k, job in zip(keys, jobs, strict=True) if k not in _cache}
     fresh = {}
-    for key, result in zip(missing, run_jobs([k[0] for k in missing], limits, workers, isolation),
+    for key, result in zip(missing, run_jobs(list(missing.values()), limits, workers, isolation),
                            strict=True):
         fresh[key] = result
         if result.status != "timeout":

@@ -207,14 +207,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SandboxJob:
-    """One program and its tests."""
+    """One program and its tests (JSON-able values, lists included: compare jobs by `key`)."""
 
     program: str
     entry_point: str
     args: tuple
     expected: tuple
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Equal for jobs that must give equal results."""
+        return self.program, self.entry_point, json.dumps([self.args, self.expected])
 
 
 def run_jobs(jobs: Sequence[SandboxJob], limits: SandboxLimits = SandboxLimits(),
@@ -224,10 +229,10 @@ def run_jobs(jobs: Sequence[SandboxJob], limits: SandboxLimits = SandboxLimits()
     Identical jobs run once.
     """
     workers = workers or min(8, os.cpu_count() or 1)
-    unique = list(dict.fromkeys(jobs))
+    unique = list({j.key: j for j in jobs}.values())
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        done = dict(zip(unique, pool.map(
+        done = dict(zip((j.key for j in unique), pool.map(
             lambda j: run_program(j.program, j.entry_point, j.args, j.expected, limits, isolation),
             unique),
             strict=True))
-    return [done[j] for j in jobs]
+    return [done[j.key] for j in jobs]

@@ -95,8 +95,9 @@ def test_pool_runs_jobs_in_order_and_survives_hostile_neighbours():
                          tuple(EXPECTED))
     good = SandboxJob(GOOD, "f", tuple(ARGS), tuple(EXPECTED))
     exiting = SandboxJob("import os\nos._exit(0)\n", "f", tuple(ARGS), tuple(EXPECTED))
-    results = run_jobs([good, hostile, exiting, good], FAST, workers=2)
-    assert [r.all_passed for r in results] == [True, False, False, True]
+    lists = SandboxJob("def f(v):\n    return v[:2]\n", "f", (([1, 2, 3],), ([],)), ([1, 2], []))
+    results = run_jobs([good, hostile, exiting, good, lists], FAST, workers=2)
+    assert [r.all_passed for r in results] == [True, False, False, True, True]
     assert results[2].status == "crashed"
 
 
