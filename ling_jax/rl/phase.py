@@ -99,6 +99,7 @@ class RLPhase:
         self.reference = None
         self.cursor = 0  # RL steps done in this phase
         self.heldout_start: list[int] | None = None  # held-out results of the incoming policy
+        self.heldout_tokens_start: float | None = None  # and its mean response tokens
 
     def _make_update(self, ctx: PhaseContext, phase, model_json: str):
         rl = self.rl
@@ -128,11 +129,13 @@ class RLPhase:
     def data_state(self) -> dict:
         # The phase-start held-out results travel with the checkpoint: the closing before/after
         # report of a resumed run needs them.
-        return {"rl_step": self.cursor, "heldout_start": self.heldout_start}
+        return {"rl_step": self.cursor, "heldout_start": self.heldout_start,
+                "heldout_tokens_start": self.heldout_tokens_start}
 
     def set_data_state(self, state: dict) -> None:
         self.cursor = int(state["rl_step"])
         self.heldout_start = state.get("heldout_start")
+        self.heldout_tokens_start = state.get("heldout_tokens_start")
 
     def close(self) -> None:
         pass
@@ -175,6 +178,7 @@ class RLPhase:
             metrics.update(self._eval_metrics(state), heldout_rl_steps=k)
             if k == 0:
                 self.heldout_start = metrics["heldout_correct"]
+                self.heldout_tokens_start = metrics["heldout_tokens"]
         t0 = time.perf_counter()
         batch, extra = self._experience(state, k, jax.random.fold_in(key, 0))
         t1 = time.perf_counter()
@@ -190,6 +194,8 @@ class RLPhase:
             metrics.update(self._eval_metrics(state, "_end"))
             if self.heldout_start is not None:  # the paired before/after report of the phase
                 metrics.update(heldout_change(self.heldout_start, metrics["heldout_correct_end"]))
+                if self.heldout_tokens_start is not None:
+                    metrics["heldout_tokens_before"] = self.heldout_tokens_start
         return state, metrics
 
     def _experience(self, state: dict, k: int, key: jax.Array) -> tuple[dict, dict]:
