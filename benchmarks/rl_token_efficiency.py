@@ -3,7 +3,9 @@
 Runs experiments/code_rl.py's pretrain → code mid-training once, then its rl phase from that same
 checkpoint once per length alpha (0 = no length reward), with the same prompts, sampling seeds and
 step count. Prints, per arm: held-out greedy pass@1 before and after (95% Wilson CIs), the paired
-difference (95% CI), mean held-out response tokens before and after, and the arm's wall time;
+difference (95% CI), mean held-out response tokens before and after, the fraction of groups whose
+samples all got one reward (no advantage signal, so no length signal either), the mean policy
+entropy and the arm's wall time;
 draws both arms' held-out accuracy-vs-tokens curves into one PNG. Prints figures, never pass/fail.
 
     python benchmarks/rl_token_efficiency.py --workdir /tmp/rl_tokens [--steps 20]
@@ -17,6 +19,8 @@ import pathlib
 import shutil
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 
@@ -55,7 +59,9 @@ def run_arm(base: pathlib.Path, workdir: pathlib.Path, args, alpha: float) -> di
     rows = [r for r in read_metrics(out) if r.get("phase") == code_rl.RL_PHASE]
     before, after = phase_heldout(rows)
     return {"alpha": alpha, "rows": rows, "before": before, "after": after,
-            "tokens": phase_tokens(rows), "seconds": time.time() - start}
+            "tokens": phase_tokens(rows), "seconds": time.time() - start,
+            "flat": float(np.mean([r["flat_groups"] for r in rows])),
+            "entropy": float(np.mean([r["entropy"] for r in rows]))}
 
 
 def line(r: dict) -> str:
@@ -63,7 +69,8 @@ def line(r: dict) -> str:
     t0, t1 = r["tokens"]
     return (f"length alpha {r['alpha']:<4g} pass@1 {describe(r['before'])} -> "
             f"{describe(r['after'])}; Δ {d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}); "
-            f"mean response tokens {t0:.1f} -> {t1:.1f}; {r['seconds']:.0f} s")
+            f"mean response tokens {t0:.1f} -> {t1:.1f}; groups with one reward "
+            f"{r['flat']:.2f}, entropy {r['entropy']:.3f}; {r['seconds']:.0f} s")
 
 
 def plot(results: list[dict], out: pathlib.Path) -> pathlib.Path:
