@@ -1,7 +1,8 @@
 """The `rl` phase kind: Evo-CoT reinforcement learning in the one train loop (reference §7.2-7.3).
 
 One RL step (one loop step):
-  1. held-out greedy exact-match accuracy of the incoming policy every `eval_every` steps;
+  1. held-out greedy accuracy (exact match / pass@1, by task) and mean response tokens of the
+     incoming policy every `eval_every` steps;
   2. P prompts of the current Evo-CoT stage, G samples each from the current policy (KV cache);
   3. rewards (math answer + format + stage-α length reward), group z-score advantages,
      sentence ids (LPO);
