@@ -185,8 +185,10 @@ def _summary(result, reporter: ProgressReporter, sample: str | None) -> None:
     if m and "heldout_delta" in m:
         from ling_jax.rl.evaluation import difference_text
 
-        print(f"{m['phase']}: held-out exact match {m['heldout_before']:.3f} -> "
-              f"{m['heldout_after']:.3f} (n={int(m['heldout_n'])}), {difference_text(m)}")
+        tokens = (f"; mean response tokens {m['heldout_tokens_before']:.1f} -> "
+                  f"{m['heldout_tokens_end']:.1f}" if "heldout_tokens_before" in m else "")
+        print(f"{m['phase']}: held-out accuracy {m['heldout_before']:.3f} -> "
+              f"{m['heldout_after']:.3f} (n={int(m['heldout_n'])}), {difference_text(m)}{tokens}")
     print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
           f"(TensorBoard: {result.workdir / 'tensorboard'})")
     if result.final_model:

@@ -19,6 +19,8 @@ from typing import Any
 from ling_jax.data.arithmetic import DIFFICULTY_LEVELS
 from ling_jax.data.arithmetic import SPLITS as ARITHMETIC_SPLITS
 from ling_jax.data.builtin import PYTHON_SPLITS
+from ling_jax.data.code_tasks import DIFFICULTY_LEVELS as CODE_LEVELS
+from ling_jax.data.code_tasks import SPLITS as CODE_SPLITS
 from ling_jax.data.packing import LONG_DOC_POLICIES
 from ling_jax.data.sources import TEXT_SPLITS, resolve_paths
 
@@ -28,6 +30,8 @@ SOURCE_FIELDS: dict[str, dict[str, Any]] = {
     "builtin_python": {"split": "train", "max_files": None, "max_bytes": None},
     "builtin_arithmetic": {"split": "train", "num_docs": 100_000, "difficulty": (1, 2, 3),
                            "seed": None, "mask_prompt": True},
+    "builtin_code": {"split": "train", "num_docs": 100_000, "difficulty": (1, 2), "seed": None,
+                     "mask_prompt": True},
     "array_record": {"path": REQUIRED},
     "jsonl": {"path": REQUIRED, "text_key": "text", "prompt_key": "prompt",
               "completion_key": "completion"},
@@ -42,6 +46,7 @@ DATA_FIELDS: dict[str, Any] = {"sources": REQUIRED, "num_workers": 0, "worker_bu
 _CHOICES: dict[str, dict[str, tuple]] = {
     "builtin_python": {"split": PYTHON_SPLITS},
     "builtin_arithmetic": {"split": ARITHMETIC_SPLITS},
+    "builtin_code": {"split": CODE_SPLITS},
     "text": {"split_on": TEXT_SPLITS},
 }
 
@@ -85,6 +90,13 @@ def _check_source(src: dict[str, Any], where: str) -> None:
         if bad or not levels:
             raise ValueError(f"{where}.difficulty={src['difficulty']!r}; levels are "
                              f"{sorted(DIFFICULTY_LEVELS)}")
+        if int(src["num_docs"]) < 1:
+            raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
+    if kind == "builtin_code":
+        levels = [src["difficulty"]] if isinstance(src["difficulty"], int) else src["difficulty"]
+        if not levels or any(d not in CODE_LEVELS for d in levels):
+            raise ValueError(f"{where}.difficulty={src['difficulty']!r}; levels are "
+                             f"{list(CODE_LEVELS)}")
         if int(src["num_docs"]) < 1:
             raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
     if kind == "tfds" and src["data_dir"] is not None and not os.path.isdir(src["data_dir"]):

@@ -25,6 +25,7 @@ import numpy as np
 from absl import flags
 
 from ling_jax.data.builtin import ArithmeticSource, PythonSource
+from ling_jax.data.code_tasks import CodeTaskSource
 from ling_jax.data.config import validate_data_config
 from ling_jax.data.documents import DocumentEncoder
 from ling_jax.data.packing import STAT_KEYS, PackedIterDataset
@@ -40,6 +41,10 @@ SOURCE_BUILDERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "builtin_python": lambda s, seed: PythonSource(
         s["split"], max_files=s["max_files"], max_bytes=s["max_bytes"], name=s["label"]),
     "builtin_arithmetic": lambda s, seed: ArithmeticSource(
+        s["split"], num_docs=int(s["num_docs"]), difficulty=s["difficulty"],
+        seed=seed if s["seed"] is None else int(s["seed"]), mask_prompt=s["mask_prompt"],
+        name=s["label"]),
+    "builtin_code": lambda s, seed: CodeTaskSource(
         s["split"], num_docs=int(s["num_docs"]), difficulty=s["difficulty"],
         seed=seed if s["seed"] is None else int(s["seed"]), mask_prompt=s["mask_prompt"],
         name=s["label"]),

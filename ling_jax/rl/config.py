@@ -4,7 +4,8 @@ A phase of kind "rl" (see experiments/colab_tiny_rl.py) uses the common phase fi
   steps            RL steps (one step = rollouts + `epochs * minibatches` optimizer updates)
   batch_size       prompts per step (P); each gets `group_size` samples (N = P * G rows)
   seq_len          token buffer per row: `max_prompt_tokens` + the response buffer R
-  data             one `builtin_arithmetic` source: its split, seed and num_docs give the prompts
+  data             one `builtin_arithmetic` or `builtin_code` source (ling_jax.rl.tasks): its
+                   split, seed and num_docs give the prompts; code tasks take the code_* rewards
   lr               schedule over optimizer *updates* (K per RL step), from the phase's start
   bias_update_rate expert-bias update after every optimizer update (reference §4)
   microbatches     must stay 1 (rl.minibatches splits the rollouts)
@@ -20,7 +21,8 @@ and the `rl` block (every field optional):
   reward_weights / reward_params   ling_jax.rl.rewards.combine_rewards (length alpha per stage)
   stages           Evo-CoT: [{steps, difficulty, max_response_tokens, length_alpha}, ...]; stage i
                    lasts `steps` RL steps, the last one runs to the end of the phase
-  eval_every, eval_problems, eval_difficulty   held-out greedy exact-match accuracy
+  eval_every, eval_problems, eval_difficulty   held-out greedy accuracy (exact match / pass@1)
+                   and mean response tokens
   reset_optimizer  start the phase from fresh AdamW moments (the LR schedule then counts this
                    phase's updates from 0); False carries the previous phases' optimizer state
                    (the schedule then starts at the phase's first global step, which equals the
@@ -38,10 +40,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ling_jax.data.arithmetic import DIFFICULTY_LEVELS
 from ling_jax.rl import objectives
 from ling_jax.rl.rewards import REWARDS
 from ling_jax.rl.segmentation import DEFAULT_PAUSE_CHARS
+from ling_jax.rl.tasks import TASKS, get_task
 
 RL_DEFAULTS: dict[str, Any] = dict(
     objective="lpo", clip_eps=None, clip_eps_high=None, group_size=8, minibatches=2, epochs=1,
@@ -71,26 +73,42 @@ def _plain(value: Any) -> Any:
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
+CODE_DEFAULTS: dict[str, Any] = dict(  # replaces RL_DEFAULTS' rewards for builtin_code prompts
+    reward_weights={"code_syntax": 0.2, "code_function": 1.0, "code_aesthetics": 0.1,
+                    "length": 1.0},
+    reward_params={})
+
+
+def _source_kind(phase) -> str | None:
+    sources = (_plain(phase.get("data", None)) or {}).get("sources", {})
+    sources = list(sources.values()) if isinstance(sources, Mapping) else list(sources)
+    return _plain(sources[0]).get("kind") if len(sources) == 1 else None
+
+
 def rl_settings(phase) -> dict[str, Any]:
-    """The phase's `rl` block with defaults filled in (plain Python values)."""
+    """The phase's `rl` block with defaults filled in (plain Python values); code-task phases
+    default to the code rewards (CODE_DEFAULTS)."""
     given = _plain(phase.get("rl", None)) or {}
-    return {**RL_DEFAULTS, **{k: _plain(v) for k, v in dict(given).items()}}
+    defaults = {**RL_DEFAULTS, **(CODE_DEFAULTS if _source_kind(phase) == "builtin_code" else {})}
+    return {**defaults, **{k: _plain(v) for k, v in dict(given).items()}}
 
 
 def _fail(field: str, message: str) -> None:
     raise ValueError(f"{field}: {message}")
 
 
-def _difficulties(value: Any, field: str) -> tuple[int, ...]:
+def _difficulties(value: Any, field: str, allowed: Sequence[int]) -> tuple[int, ...]:
     levels = (value,) if isinstance(value, int) else tuple(value or ())
-    if not levels or any(level not in DIFFICULTY_LEVELS for level in levels):
-        _fail(field, f"{value!r}: give difficulties from {sorted(DIFFICULTY_LEVELS)}")
+    if not levels or any(level not in allowed for level in levels):
+        _fail(field, f"{value!r}: give difficulties from {sorted(allowed)}")
     return tuple(int(v) for v in levels)
 
 
 def parse_stages(stages: Sequence[Mapping], phase_steps: int, response_buffer: int,
-                 where: str) -> list[Stage]:
-    """Stages with their start steps; every field checked against the phase."""
+                 where: str, levels: Sequence[int] | None = None) -> list[Stage]:
+    """Stages with their start steps; every field checked against the phase (and the task's
+    difficulty `levels`, arithmetic's by default)."""
+    levels = TASKS["builtin_arithmetic"].levels if levels is None else levels
     if not stages:
         _fail(f"{where}.stages", "give at least one stage")
     out, start = [], 0
@@ -110,7 +128,8 @@ def parse_stages(stages: Sequence[Mapping], phase_steps: int, response_buffer: i
         alpha = float(stage.get("length_alpha", 0.0))
         if alpha < 0:
             _fail(f"{field}.length_alpha", f"{alpha} must be >= 0")
-        out.append(Stage(i, start, _difficulties(stage.get("difficulty"), f"{field}.difficulty"),
+        out.append(Stage(i, start, _difficulties(stage.get("difficulty"), f"{field}.difficulty",
+                                                 levels),
                          tokens, alpha))
         start += steps
     if out[-1].start >= phase_steps and len(out) > 1:
@@ -146,11 +165,20 @@ def _check_numbers(rl: dict, where: str, batch_size: int) -> None:
               f"{list(OPTIMIZER_OVERRIDES)} (the optimizer state layout must not change)")
 
 
-def _check_rewards(rl: dict, where: str) -> None:
+TASK_REWARDS = {"builtin_arithmetic": ("math_answer",),
+                "builtin_code": ("code_syntax", "code_function", "code_aesthetics")}
+
+
+def _check_rewards(rl: dict, where: str, kind: str = "builtin_arithmetic") -> None:
     for field in ("reward_weights", "reward_params"):
         unknown = sorted(set(rl[field] or {}) - set(REWARDS))
         if unknown:
             _fail(f"{where}.{field}", f"unknown reward(s) {unknown}; use {sorted(REWARDS)}")
+        foreign = sorted({r for other, names in TASK_REWARDS.items() if other != kind
+                          for r in names} & set(rl[field] or {}))
+        if foreign:
+            _fail(f"{where}.{field}", f"reward(s) {foreign} do not apply to {kind} prompts; use "
+                  f"{list(TASK_REWARDS[kind])} (+ format, length)")
     if not rl["reward_weights"]:
         _fail(f"{where}.reward_weights", "give at least one weighted reward")
     if "length" in (rl["reward_params"] or {}) and "alpha" in rl["reward_params"]["length"]:
@@ -158,16 +186,19 @@ def _check_rewards(rl: dict, where: str) -> None:
               "(stages[i].length_alpha) instead")
 
 
-def arithmetic_source(phase, where: str) -> dict:
-    """The single builtin_arithmetic source of an rl phase's data block."""
+def task_source(phase, where: str) -> dict:
+    """The single task source (builtin_arithmetic | builtin_code) of an rl phase's data block."""
     sources = _plain(phase.data).get("sources", {})
     sources = list(sources.values()) if isinstance(sources, Mapping) else list(sources)
-    if len(sources) != 1 or _plain(sources[0]).get("kind") != "builtin_arithmetic":
-        _fail(f"{where}.data.sources", "an rl phase takes exactly one source of kind "
-              "'builtin_arithmetic' (its prompts and verifiable answers)")
+    if len(sources) != 1 or _plain(sources[0]).get("kind") not in TASKS:
+        _fail(f"{where}.data.sources", f"an rl phase takes exactly one source of kind "
+              f"{sorted(TASKS)} (its prompts and verifiable answers)")
     src = dict(_plain(sources[0]))
-    return {"split": src.get("split", "train"), "seed": int(src.get("seed") or 0),
-            "num_docs": int(src.get("num_docs", 100_000))}
+    return {"kind": src["kind"], "split": src.get("split", "train"),
+            "seed": int(src.get("seed") or 0), "num_docs": int(src.get("num_docs", 100_000))}
+
+
+arithmetic_source = task_source  # the name before code tasks existed
 
 
 def validate_rl_phase(name: str, phase, phase_steps: int) -> list[Stage]:
@@ -183,13 +214,14 @@ def validate_rl_phase(name: str, phase, phase_steps: int) -> list[Stage]:
         _fail(f"phases.{name}.microbatches", "an rl phase splits its batch with "
               "rl.minibatches (optimizer steps over whole groups); leave microbatches at 1")
     _check_numbers(rl, where, int(phase.batch_size))
-    _check_rewards(rl, where)
-    arithmetic_source(phase, f"phases.{name}")
+    kind = task_source(phase, f"phases.{name}")["kind"]
+    _check_rewards(rl, where, kind)
     response_buffer = int(phase.seq_len) - rl["max_prompt_tokens"]
     if response_buffer < 1:
         _fail(f"phases.{name}.seq_len", f"{phase.seq_len} leaves no room for responses after "
               f"rl.max_prompt_tokens={rl['max_prompt_tokens']}")
-    stages = parse_stages(rl["stages"], phase_steps, response_buffer, where)
+    levels = get_task(kind).levels
+    stages = parse_stages(rl["stages"], phase_steps, response_buffer, where, levels)
     if rl["eval_difficulty"] is not None:
-        _difficulties(rl["eval_difficulty"], f"{where}.eval_difficulty")
+        _difficulties(rl["eval_difficulty"], f"{where}.eval_difficulty", levels)
     return stages

@@ -1,13 +1,16 @@
-"""Held-out exact-match accuracy on the built-in arithmetic task, with confidence intervals.
+"""Held-out accuracy and mean response tokens of greedy responses, with confidence intervals.
 
-A problem counts as solved when the greedy response's last "#### N" equals the answer exactly
-(ling_jax.rl.rewards.is_correct with the `hashes` extractor only: no last-number fallback).
+Arithmetic: a problem counts as solved when the greedy response's last "#### N" equals the answer
+exactly (ling_jax.rl.rewards.is_correct with the `hashes` extractor only: no last-number
+fallback). Code: when the program passes all of the task's tests in the sandbox (pass@1).
+Accuracy alone hides what a response costs: every evaluation also reports the mean number of
+response tokens (stop token included), the x axis of the accuracy-vs-tokens curve.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -30,15 +33,25 @@ def exact_match(texts: Sequence[str], problems: Sequence[ArithmeticProblem]) -> 
                        for t, p in zip(texts, problems, strict=True)], bool)
 
 
-def greedy_correct(generate_fn, params, biases, tokenizer, problems: Sequence[ArithmeticProblem],
-                   *, max_prompt_tokens: int, max_steps: int, pad_id: int) -> np.ndarray:
-    """[n] bool per problem with a greedy `generate_fn` (decode.make_generate_fn, temperature 0)."""
+def greedy_eval(generate_fn, params, biases, tokenizer, problems: Sequence, *,
+                max_prompt_tokens: int, max_steps: int, pad_id: int,
+                correct_fn: Callable[[list[str], Sequence], np.ndarray] = exact_match,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """([n] bool correct, [n] int response tokens) with a greedy `generate_fn`
+    (decode.make_generate_fn, temperature 0); correct_fn(texts, problems) judges the texts."""
     ids, lengths = encode_prompts(tokenizer, [p.prompt for p in problems], max_prompt_tokens,
                                   pad_id)
     out = generate_fn(params, biases, ids, lengths, jax.random.key(0), max_steps)
     tokens, counts = jax.device_get((out.tokens, out.lengths))
     texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, counts, strict=True)]
-    return exact_match(texts, problems)
+    return np.asarray(correct_fn(texts, problems), bool), np.asarray(counts, np.int64)
+
+
+def greedy_correct(generate_fn, params, biases, tokenizer, problems: Sequence[ArithmeticProblem],
+                   *, max_prompt_tokens: int, max_steps: int, pad_id: int) -> np.ndarray:
+    """[n] bool per problem (greedy_eval's exact match only)."""
+    return greedy_eval(generate_fn, params, biases, tokenizer, problems,
+                       max_prompt_tokens=max_prompt_tokens, max_steps=max_steps, pad_id=pad_id)[0]
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -86,10 +99,32 @@ def difference_text(change: dict[str, float]) -> str:
             f"{change['heldout_delta_low']:+.3f} to {change['heldout_delta_high']:+.3f})")
 
 
-def describe_change(before: Sequence[bool], after: Sequence[bool]) -> str:
-    """One line: before and after with Wilson CIs, and the paired difference with its CI."""
-    return (f"held-out exact match {describe(before)} -> {describe(after)}; "
+def describe_change(before: Sequence[bool], after: Sequence[bool], metric: str = "exact match",
+                    tokens: tuple[float, float] | None = None) -> str:
+    """One line: before and after with Wilson CIs, the paired difference with its CI, and (given
+    `tokens` = mean response tokens before and after) the cost per response."""
+    line = (f"held-out {metric} {describe(before)} -> {describe(after)}; "
             f"{difference_text(heldout_change(before, after))}")
+    if tokens is not None:
+        line += f"; mean response tokens {tokens[0]:.1f} -> {tokens[1]:.1f}"
+    return line
+
+
+def phase_tokens(rows: list[dict]) -> tuple[float, float] | None:
+    """(mean held-out response tokens at the phase start, at its end), None when not logged."""
+    before = next((r["heldout_tokens"] for r in rows
+                   if r.get("heldout_rl_steps") == 0 and "heldout_tokens" in r), None)
+    after = next((r["heldout_tokens_end"] for r in rows if "heldout_tokens_end" in r), None)
+    return None if before is None or after is None else (float(before), float(after))
+
+
+def accuracy_token_curve(rows: list[dict]) -> list[tuple[int, float, float]]:
+    """(RL steps done, mean response tokens, accuracy) of every held-out evaluation of a phase."""
+    points = [(int(r["heldout_rl_steps"]), float(r["heldout_tokens"]),
+               float(r["heldout_accuracy"])) for r in rows if "heldout_tokens" in r]
+    points += [(int(r["phase_step"]), float(r["heldout_tokens_end"]),
+                float(r["heldout_accuracy_end"])) for r in rows if "heldout_tokens_end" in r]
+    return points
 
 
 def phase_heldout(rows: list[dict]) -> tuple[list, list] | None:

@@ -1,7 +1,8 @@
 """The `rl` phase kind: Evo-CoT reinforcement learning in the one train loop (reference §7.2-7.3).
 
 One RL step (one loop step):
-  1. held-out greedy exact-match accuracy of the incoming policy every `eval_every` steps;
+  1. held-out greedy accuracy (exact match / pass@1, by task) and mean response tokens of the
+     incoming policy every `eval_every` steps;
   2. P prompts of the current Evo-CoT stage, G samples each from the current policy (KV cache);
   3. rewards (math answer + format + stage-α length reward), group z-score advantages,
      sentence ids (LPO);
@@ -25,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ling_jax.data.arithmetic import arithmetic_problem, difficulty_at
+from ling_jax.data.arithmetic import difficulty_at
 from ling_jax.model.decode import SamplingParams
 from ling_jax.rl import compiled
-from ling_jax.rl.config import arithmetic_source, rl_settings, stage_at, validate_rl_phase
-from ling_jax.rl.evaluation import greedy_correct, heldout_change, heldout_set
+from ling_jax.rl.config import rl_settings, stage_at, task_source, validate_rl_phase
+from ling_jax.rl.evaluation import greedy_eval, heldout_change
 from ling_jax.rl.phase_optimizer import (
     optimizer_config,
     phase_optimizer,
@@ -48,6 +49,7 @@ from ling_jax.rl.rollout import (
     training_batch,
 )
 from ling_jax.rl.step_metrics import rollout_metrics
+from ling_jax.rl.tasks import get_task
 from ling_jax.rl.update import UpdateConfig, minibatch_order
 from ling_jax.train.balancing import load_metrics
 from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
@@ -82,7 +84,10 @@ class RLPhase:
         self.prompts_per_step, self.group_size = int(phase.batch_size), rl["group_size"]
         self.max_prompt = rl["max_prompt_tokens"]
         self.slots = int(phase.seq_len) - self.max_prompt
-        self.source = arithmetic_source(phase, f"phases.{name}")
+        self.source = task_source(phase, f"phases.{name}")
+        self.task = get_task(self.source["kind"])
+        sandbox = dict(rl["reward_params"].get("code_function", {}))
+        self.sandbox = {k: v for k, v in sandbox.items() if k != "partial_credit"}
         tok = ctx.tokenizer
         self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
         model_json = self.model_cfg.to_json()
@@ -95,7 +100,8 @@ class RLPhase:
         self._update = self._make_update(ctx, phase, model_json)
         self.base_key = jax.random.key(phase_seed(exp.seed, name))
         difficulty = rl["eval_difficulty"] or sorted({d for s in self.stages for d in s.difficulty})
-        self.eval_set = heldout_set(rl["eval_problems"], difficulty, seed=self.source["seed"])
+        self.eval_set = self.task.problems("heldout", rl["eval_problems"], difficulty,
+                                           seed=self.source["seed"])
         self.workdir = getattr(ctx, "workdir", None)
         self.batch_rows = getattr(ctx, "rows_fn", None)
         self.place_batch = getattr(ctx, "place_batch", None)
@@ -105,6 +111,7 @@ class RLPhase:
         self.reference = None
         self.cursor = 0  # RL steps done in this phase
         self.heldout_start: list[int] | None = None  # held-out results of the incoming policy
+        self.heldout_tokens_start: float | None = None  # and its mean response tokens
 
     def _make_update(self, ctx: PhaseContext, phase, model_json: str):
         rl = self.rl
@@ -127,41 +134,48 @@ class RLPhase:
         stage = stage_at(self.stages, step_in_phase)
         first = step_in_phase * self.prompts_per_step
         src = self.source
-        return [arithmetic_problem(i % src["num_docs"], split=src["split"], seed=src["seed"],
-                                   difficulty=difficulty_at(i, stage.difficulty))
+        return [self.task.problem(i % src["num_docs"], split=src["split"], seed=src["seed"],
+                                  difficulty=difficulty_at(i, stage.difficulty))
                 for i in range(first, first + self.prompts_per_step)]
 
     def data_state(self) -> dict:
         # The phase-start held-out results travel with the checkpoint: the closing before/after
         # report of a resumed run needs them.
-        return {"rl_step": self.cursor, "heldout_start": self.heldout_start}
+        return {"rl_step": self.cursor, "heldout_start": self.heldout_start,
+                "heldout_tokens_start": self.heldout_tokens_start}
 
     def set_data_state(self, state: dict) -> None:
         self.cursor = int(state["rl_step"])
         self.heldout_start = state.get("heldout_start")
+        self.heldout_tokens_start = state.get("heldout_tokens_start")
 
     def close(self) -> None:
         pass
 
     def plot(self, records: list[dict], out_path) -> pathlib.Path:
-        """Reward / accuracy / held-out accuracy / length / clip / KL / entropy curves (PNG)."""
-        return plot_rl(records, self.name, out_path)
+        """Reward / accuracy / held-out accuracy / length / clip / KL / entropy curves and the
+        held-out accuracy-vs-tokens curve (PNG)."""
+        return plot_rl(records, self.name, out_path, metric=self.task.metric)
 
     # -- the step -----------------------------------------------------------------------------
 
-    def evaluate(self, state: dict) -> np.ndarray:
-        """[n] bool: greedy exact match on the held-out set under `state`'s policy."""
-        return greedy_correct(self._greedy, state["params"], state["biases"], self.tokenizer,
-                              self.eval_set, max_prompt_tokens=self.max_prompt,
-                              max_steps=self.slots, pad_id=self.pad_id)
+    def evaluate(self, state: dict) -> tuple[np.ndarray, np.ndarray]:
+        """([n] bool correct, [n] response tokens): greedy responses to the held-out set under
+        `state`'s policy (exact match or pass@1, by task)."""
+        return greedy_eval(self._greedy, state["params"], state["biases"], self.tokenizer,
+                           self.eval_set, max_prompt_tokens=self.max_prompt,
+                           max_steps=self.slots, pad_id=self.pad_id,
+                           correct_fn=lambda texts, problems: self.task.correct(
+                               texts, problems, **self.sandbox))
 
     def _phase_start_opt_state(self, state: dict):
         """The optimizer state the phase starts from (phase_optimizer.phase_start_opt_state)."""
         return phase_start_opt_state(self.optimizer, self.rl, state)
 
     def _eval_metrics(self, state: dict, suffix: str = "") -> dict:
-        correct = self.evaluate(state)
+        correct, tokens = self.evaluate(state)
         return {f"heldout_accuracy{suffix}": float(correct.mean()),
+                f"heldout_tokens{suffix}": float(tokens.mean()),
                 f"heldout_correct{suffix}": correct.astype(np.int32).tolist()}
 
     def step(self, state: dict) -> tuple[dict, dict]:
@@ -176,6 +190,7 @@ class RLPhase:
             metrics.update(self._eval_metrics(state), heldout_rl_steps=k)
             if k == 0:
                 self.heldout_start = metrics["heldout_correct"]
+                self.heldout_tokens_start = metrics["heldout_tokens"]
         t0 = time.perf_counter()
         batch, extra = self._experience(state, k, jax.random.fold_in(key, 0))
         t1 = time.perf_counter()
@@ -191,6 +206,8 @@ class RLPhase:
             metrics.update(self._eval_metrics(state, "_end"))
             if self.heldout_start is not None:  # the paired before/after report of the phase
                 metrics.update(heldout_change(self.heldout_start, metrics["heldout_correct_end"]))
+                if self.heldout_tokens_start is not None:
+                    metrics["heldout_tokens_before"] = self.heldout_tokens_start
         return state, metrics
 
     def _experience(self, state: dict, k: int, key: jax.Array) -> tuple[dict, dict]:
@@ -214,7 +231,7 @@ class RLPhase:
         rollouts = rollouts_from(ids, lengths, out, self.tokenizer)
         # 2. reward: answer + format + the stage's length reward, [P, G]; each process scores
         #    the groups it generated
-        rewards, components = self._rewards(rollouts, problems, rows, stage)
+        rewards, components, correct = self._rewards(rollouts, problems, rows, stage)
         # 3. advantage: group z-scores, laid out with the sentence ids as the update's batch
         sids = sentence_ids(rollouts, self.tokenizer, rl["pause_chars"], rl["objective"] == "lpo")
         full = training_batch(rollouts, rewards, sids, rl["advantage_eps"])
@@ -227,7 +244,7 @@ class RLPhase:
             batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
         seen = dict(full, logp_old=host_value(batch["logp_old"]))
         return batch, rollout_metrics(rollouts, problems, self.group_size, rewards, components,
-                                      seen, host_value(entropy), stage)
+                                      seen, host_value(entropy), stage, correct)
 
     def _rows(self, n: int) -> np.ndarray:
         """The rollout rows this process generates (ascending): whole groups."""
@@ -246,28 +263,35 @@ class RLPhase:
         return self.place_batch(batch)
 
     def _rewards(self, rollouts: Rollouts, problems, rows: np.ndarray, stage):
-        """[P, G] rewards and components; this process scores the groups of `rows`, then every
-        process gets every group's (a no-op with one process)."""
+        """[P, G] rewards and components, and [N] correct; this process scores the groups of
+        `rows` (code runs in the sandbox once), then every process gets every group's (a no-op
+        with one process)."""
         g = self.group_size
         mine = [int(p) for p in np.unique(rows // g)]
         local_rows = np.concatenate([np.arange(p * g, (p + 1) * g) for p in mine])
-        rewards, components = score_rollouts(take_rows(rollouts, local_rows),
-                                             [problems[p] for p in mine], g,
-                                             self.rl["reward_weights"], self.rl["reward_params"],
-                                             stage.length_alpha)
+        local, local_problems = take_rows(rollouts, local_rows), [problems[p] for p in mine]
+        rewards, components = score_rollouts(local, local_problems, g, self.rl["reward_weights"],
+                                             self.rl["reward_params"], stage.length_alpha,
+                                             self.task)
+        repeated = [p for p in local_problems for _ in range(g)]
+        correct = np.asarray(self.task.correct(local.texts, repeated, **self.sandbox), bool)
         if jax.process_count() == 1 and len(mine) == len(problems):
-            return rewards, components
+            return rewards, components, correct
         full_r = np.zeros((len(problems), g), np.float64)
         full_c = {name: np.zeros((len(problems), g), np.float64) for name in components}
+        full_ok = np.zeros((len(problems), g), bool)
         shared = gather_json({"groups": mine, "rewards": np.asarray(rewards).tolist(),
+                              "correct": correct.reshape(-1, g).tolist(),
                               "components": {c: np.asarray(v).tolist()
                                              for c, v in components.items()}})
         for part in shared:
             full_r[part["groups"]] = part["rewards"]
+            full_ok[part["groups"]] = part["correct"]
             for name, v in part["components"].items():
                 full_c[name][part["groups"]] = v
         return full_r.astype(np.asarray(rewards).dtype), {
-            c: v.astype(np.asarray(components[c]).dtype) for c, v in full_c.items()}
+            c: v.astype(np.asarray(components[c]).dtype) for c, v in full_c.items()
+        }, full_ok.reshape(-1)
 
     def _reference(self, state: dict, step_in_phase: int):
         """(params, biases) of the phase start (kl_beta > 0), kept under the workdir."""

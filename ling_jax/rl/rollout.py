@@ -110,17 +110,23 @@ def response_logprobs(model, tokens, positions, segment_ids, response, prompt_le
 
 def score_rollouts(rollouts: Rollouts, problems: Sequence[ArithmeticProblem], group_size: int,
                    weights: Mapping[str, float], params: Mapping[str, Any],
-                   length_alpha: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Rewards [P, G] and unweighted components [P, G] (length alpha from the stage)."""
+                   length_alpha: float, task=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Rewards [P, G] and unweighted components [P, G] (length alpha from the stage).
+
+    task: the ling_jax.rl.tasks.RLTask making each prompt's RolloutGroup (arithmetic if None).
+    """
     params = {k: dict(v) for k, v in (params or {}).items()}
     if "length" in weights:
         params["length"] = {**params.get("length", {}), "alpha": length_alpha}
     groups = []
     for p, problem in enumerate(problems):
         rows = slice(p * group_size, (p + 1) * group_size)
-        groups.append(RolloutGroup(completions=rollouts.texts[rows], reference=problem.answer,
-                                   lengths=rollouts.lengths[rows].tolist(),
-                                   difficulty=problem.difficulty))
+        texts, lengths = rollouts.texts[rows], rollouts.lengths[rows].tolist()
+        if task is not None:
+            groups.append(task.group(problem, texts, lengths))
+        else:
+            groups.append(RolloutGroup(completions=texts, reference=problem.answer,
+                                       lengths=lengths, difficulty=problem.difficulty))
     return score_groups(groups, weights, params)
 
 

@@ -8,8 +8,9 @@ from ling_jax.rl.evaluation import exact_match
 
 
 def rollout_metrics(rollouts, problems, group_size: int, rewards, components, batch, entropy,
-                    stage) -> dict:
-    """Means over the step's P × G rollouts; token means over the response mask."""
+                    stage, correct=None) -> dict:
+    """Means over the step's P × G rollouts; token means over the response mask. correct: [N]
+    bool per rollout (default: arithmetic exact match)."""
     mask = np.asarray(batch["mask"])
     tokens = max(int(mask.sum()), 1)
     gap = np.abs(np.asarray(batch["logp_old"]) - rollouts.sampler_logp)
@@ -17,7 +18,8 @@ def rollout_metrics(rollouts, problems, group_size: int, rewards, components, ba
     flat = rewards.reshape(-1)
     out = {
         "reward": float(flat.mean()), "reward_std": float(flat.std()),
-        "accuracy": float(exact_match(rollouts.texts, repeated).mean()),
+        "accuracy": float(np.mean(exact_match(rollouts.texts, repeated) if correct is None
+                                  else correct)),
         "response_length": float(rollouts.lengths.mean()),
         "finished_fraction": float(rollouts.finished.mean()),
         "entropy": float(np.asarray(entropy)[mask].sum() / tokens),

@@ -21,8 +21,9 @@ from etils import epath
 
 SCALAR_KEYS = ("loss", "lm_loss", "mtp_loss", "z_loss", "lr", "grad_norm", "tokens_per_sec", "mfu",
                "load_max_min_ratio", "load_cv", "load_dead_experts", "ep_dropped_tokens", "reward",
-               "accuracy", "heldout_accuracy", "response_length", "clip_fraction", "kl_old",
-               "entropy")
+               "accuracy", "heldout_accuracy", "heldout_tokens", "response_length", "clip_fraction",
+               "kl_old", "entropy", "reward_code_syntax", "reward_code_function",
+               "reward_code_aesthetics")
 METRICS_FILE = "metrics.jsonl"
 
 

@@ -66,3 +66,31 @@ def test_grader_finds_every_reference_answer_after_a_bpe_round_trip(tmp_path):
         wrong = [t.replace(f"#### {p.answer}", f"#### {int(p.answer) + 1}")
                  for t, p in zip(texts, problems, strict=True)]
         assert not exact_match(wrong, problems).any()
+
+
+def test_greedy_eval_reports_correctness_and_response_tokens():
+    """A stand-in generator answers every other problem right with responses of known lengths."""
+    import types
+
+    from ling_jax.data.arithmetic import arithmetic_problems
+    from ling_jax.rl.evaluation import greedy_eval
+    from tests.rl.rl_fixtures import CharTokenizer
+
+    tok = CharTokenizer()
+    problems = arithmetic_problems("heldout", 6, difficulty=1)
+    texts = [f"#### {p.answer}" if i % 2 == 0 else "#### -1 and more words" for i, p in
+             enumerate(problems)]
+
+    def generate_fn(params, biases, ids, lengths, key, max_steps):
+        assert ids.shape == (6, 160)
+        rows = np.full((6, 40), tok.pad_id, np.int32)
+        for i, t in enumerate(texts):
+            rows[i, :len(t)] = tok.encode(t)
+        return types.SimpleNamespace(tokens=rows, lengths=np.array([len(t) for t in texts]))
+
+    correct, tokens = greedy_eval(generate_fn, None, None, tok, problems, max_prompt_tokens=160,
+                                  max_steps=40, pad_id=tok.pad_id)
+    assert correct.tolist() == [True, False] * 3
+    assert tokens.tolist() == [len(t) for t in texts]
+    line = describe_change([0, 1, 0, 0], [1, 1, 0, 1], tokens=(31.25, 18.0))
+    assert line.endswith("; mean response tokens 31.2 -> 18.0")

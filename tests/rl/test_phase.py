@@ -197,9 +197,9 @@ def test_phase_start_optimizer_state_and_data_state(tmp_path):
     for a, b in zip(jax.tree.leaves(inject.inner_state), jax.tree.leaves(state["opt_state"][1].inner_state),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    runner.cursor, runner.heldout_start = 3, [1, 0, 1]
+    runner.cursor, runner.heldout_start, runner.heldout_tokens_start = 3, [1, 0, 1], 17.5
     other = _runner(cfg, "rl", tmp_path)
     other.set_data_state(runner.data_state())
-    assert (other.cursor, other.heldout_start) == (3, [1, 0, 1])
+    assert (other.cursor, other.heldout_start, other.heldout_tokens_start) == (3, [1, 0, 1], 17.5)
     other.set_data_state({"rl_step": 2})  # checkpoints written before the field existed
     assert (other.cursor, other.heldout_start) == (2, None)

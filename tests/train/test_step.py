@@ -32,7 +32,7 @@ def setup():
                     num_mtp=cfg.model.num_nextn_predict_layers,
                     num_moe=cfg.model.num_hidden_layers - cfg.model.first_k_dense_replace)
 
-    @functools.lru_cache(maxsize=None)  # one compile per learning rate for the whole module
+    @functools.cache  # one compile per learning rate for the whole module
     def step_for(peak_lr):
         opt = make_optimizer(cfg.optimizer, make_schedule(dict(kind="wsm", peak_lr=peak_lr,
                                                                 warmup_steps=0, total_steps=10)))

@@ -1,4 +1,5 @@
-"""Rewards of the RL phase, chosen by name (math_answer, format, length), and their combiner.
+"""Rewards of the RL phase, chosen by name (math_answer, format, length, code_syntax,
+code_function, code_aesthetics), and their combiner.
 
 Example: `combine_rewards(RolloutGroup(completions, reference="42", lengths=lens), weights)`
 returns the total reward [G] and each unweighted component [G] for logging.
@@ -6,7 +7,10 @@ returns the total reward [G] and each unweighted component [G] for logging.
 
 from __future__ import annotations
 
+from ling_jax.rl.rewards.aesthetics import aesthetics_score, style_checks
+from ling_jax.rl.rewards.code import execute_groups, parses, program_of
 from ling_jax.rl.rewards.combine import (
+    CODE_WEIGHTS,
     DEFAULT_WEIGHTS,
     REWARDS,
     RewardFn,
@@ -21,10 +25,16 @@ from ling_jax.rl.rewards.math_answer import extract_answer, is_correct, math_ans
 from ling_jax.rl.rewards.numbers import parse_number
 
 __all__ = [
+    "CODE_WEIGHTS",
     "DEFAULT_WEIGHTS",
     "REWARDS",
     "RewardFn",
     "RolloutGroup",
+    "aesthetics_score",
+    "execute_groups",
+    "parses",
+    "program_of",
+    "style_checks",
     "combine_rewards",
     "extract_answer",
     "format_reward",

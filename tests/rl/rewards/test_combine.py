@@ -16,7 +16,8 @@ GROUP = RolloutGroup(
 
 
 def test_registry():
-    assert sorted(rewards.REWARDS) == ["format", "length", "math_answer"]
+    assert sorted(rewards.REWARDS) == ["code_aesthetics", "code_function", "code_syntax",
+                                       "format", "length", "math_answer"]
     assert rewards.get("format") is rewards.format_reward
     with pytest.raises(ValueError, match="unknown reward 'bleu'"):
         rewards.get("bleu")
