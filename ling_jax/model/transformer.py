@@ -60,8 +60,13 @@ class LingForCausalLM(nnx.Module):
         input_ids: jax.Array,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        *,
+        mtp: bool = True,
     ) -> ModelOutput:
-        """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding."""
+        """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding.
+
+        mtp=False skips the MTP layers (inference and RL log-probs never read them): mtp_logits is
+        then [0, B, T, V] and the counts / router logits cover the MoE stack only."""
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
@@ -86,9 +91,10 @@ class LingForCausalLM(nnx.Module):
             router_logits.append(r)
             dropped.append(d)
         return self._heads(x, input_ids, embed, cos, sin, mask, token_mask,
-                           (counts, router_logits, dropped))
+                           (counts, router_logits, dropped), mtp=mtp)
 
-    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux) -> ModelOutput:
+    def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux, *,
+               mtp: bool = True) -> ModelOutput:
         """Final norm, MTP layers and logits after the MoE stack; aux holds the stack's lists of
         (expert counts, router logits, dropped EP rows), to which the MTP layers' are appended.
         Shared with parallel.pipeline.PipelinedLing."""
@@ -96,7 +102,7 @@ class LingForCausalLM(nnx.Module):
         batch, length = input_ids.shape
         h = self.final_norm(x)
         mtp_logits, ids = [], input_ids
-        for layer in self.mtp_layers:
+        for layer in self.mtp_layers if mtp else ():
             ids = shift_left(ids)
             h, (c, r, d) = layer(
                 h, jnp.take(embed, ids, axis=0).astype(self.dtype), cos, sin, mask, token_mask
@@ -105,7 +111,7 @@ class LingForCausalLM(nnx.Module):
             counts.append(c[None])
             router_logits.append(r[None])
             dropped.append(d[None])
-        logits = self.logits(self.final_norm(x))
+        logits = self.logits(h if not mtp_logits else self.final_norm(x))
         n_exp = self.cfg.num_experts
         return ModelOutput(
             logits=logits,
