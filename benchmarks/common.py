@@ -21,9 +21,12 @@ import types
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from absl import flags
 
 UPSTREAM_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "ling-v2-upstream"
 _UPSTREAM_PACKAGE = "ling_v2_upstream"
+PEAK_N = flags.DEFINE_integer("peak_n", 2048, "matmul size n (n x n x n) of the peak measurement")
+PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 15, "matmul timings for the peak median")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +70,16 @@ class Peak:
                 f"f32 accumulate; spread {self.low / 1e9:.0f}-{self.high / 1e9:.0f})")
 
 
-def measure_peak(n: int = 2048, repeats: int = 15) -> Peak:
-    """Median FLOP/s of an n^3 bf16 matmul with f32 accumulation (table value off CPU)."""
+def measure_peak(n: int | None = None, repeats: int | None = None) -> Peak:
+    """Median FLOP/s of an n^3 bf16 matmul with f32 accumulation (table value off CPU); n and
+    repeats default to --peak_n and --peak_repeats."""
     import jax
     import jax.numpy as jnp
 
     from ling_jax.train import flops
 
+    n = PEAK_N.value if n is None else n
+    repeats = PEAK_REPEATS.value if repeats is None else repeats
     table = flops.peak_flops_per_device()
     if table is not None:
         return Peak(table, table, table, 0)

@@ -8,7 +8,9 @@ stop token) with random weights of the same architecture in --dtype. Ours: the j
 argmax on device). Upstream: `BailingMoeV2ForCausalLM.generate(do_sample=False)` with its own
 `DynamicCache` (transformers 4.57.1's default cache has no slot for the MTP layer). A call covers
 prefill + N steps on both sides; new tokens/s = B·N / median seconds, ms/token = seconds / N (one
-step of the whole batch). Timings alternate ours / upstream; the machine load is printed.
+step of the whole batch). MFU counts the forward FLOPs of the new tokens (2·N_active, no MTP, plus
+attention at the mean context length) against the median measured peak; decoding a batch of 32 is
+memory-bound, so MFU is low by nature. Timings alternate ours / upstream; the load is printed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ling_jax.config import get_preset  # noqa: E402
 from ling_jax.model import decode  # noqa: E402
 from ling_jax.model.moe import ExpertBias  # noqa: E402
 from ling_jax.model.transformer import LingForCausalLM  # noqa: E402
+from ling_jax.train import flops  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "bench_mini", "model preset")
 _BATCH = flags.DEFINE_integer("batch", 32, "sequences decoded together")
@@ -67,14 +70,14 @@ def upstream(cfg, prompts: np.ndarray, new: int, dtype: str):
     ids = torch.from_numpy(prompts.astype(np.int64))
     mask = torch.ones_like(ids)
 
-    def run():
+    def run(tokens: int = new):
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
-                                 min_new_tokens=new, do_sample=False, use_cache=True,
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens,
+                                 min_new_tokens=tokens, do_sample=False, use_cache=True,
                                  past_key_values=DynamicCache(), pad_token_id=0)
-        if out.shape[1] != prompts.shape[1] + new:
+        if out.shape[1] != prompts.shape[1] + tokens:
             raise RuntimeError(f"upstream generated {out.shape[1] - prompts.shape[1]} tokens, "
-                               f"expected {new}")
+                               f"expected {tokens}")
         return out
 
     return run, None
@@ -87,21 +90,25 @@ def main(argv) -> None:
     batch, new = _BATCH.value, _NEW.value
     prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, _PROMPT.value),
                                                 dtype=np.int32)
+    peak = common.measure_peak()
     print(f"decode {_MODEL.value} batch {batch}, {_PROMPT.value}-token prompts, {new} new tokens, "
-          f"greedy, {_DTYPE.value}; {common.machine_load()}")
+          f"greedy, {_DTYPE.value}; {peak.describe()}; {common.machine_load()}")
+    context = _PROMPT.value + new // 2  # mean attended length of a new token
+    new_flops = flops.training_flops_per_token(cfg, context, include_mtp=False) / 3 * batch * new
     fns, names = [ours(cfg, prompts, new)], ["ling-jax"]
     fns[0]()  # compile
     reason = "upstream disabled (--upstream=false)"
     if _UPSTREAM.value:
         run, reason = upstream(cfg, prompts, new, _DTYPE.value)
         if run is not None:
-            run()  # warm-up
+            run(2)  # warm-up (eager: nothing to compile, so a short one)
             fns.append(run)
             names.append("upstream")
     times = common.alternate(fns, _REPEATS.value)
     for name, t in zip(names, times, strict=True):
         print(f"  {name:<9} {t.median:7.2f} s ({t.spread()})  {batch * new / t.median:8,.0f} "
-              f"new tok/s  {t.median / new * 1e3:7.1f} ms/token (whole batch)")
+              f"new tok/s  {t.median / new * 1e3:7.1f} ms/token (whole batch)  "
+              f"MFU {flops.mfu(new_flops, t.median, peak.median, 1):5.1%}")
     theirs = batch * new / times[1].median if len(times) > 1 else None
     if theirs is None:
         print(f"  {reason}")

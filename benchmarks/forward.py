@@ -34,7 +34,6 @@ _LENGTH = flags.DEFINE_integer("length", 512, "tokens per sequence")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "param + compute dtype")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repetitions per side (median reported)")
 _UPSTREAM = flags.DEFINE_bool("upstream", True, "also time the upstream PyTorch code")
-_PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 15, "matmul timings for the peak median")
 
 
 def ours(cfg, ids: np.ndarray):
@@ -73,7 +72,7 @@ def main(argv) -> None:
     cfg.update(dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value))
     batch, length = _BATCH.value, _LENGTH.value
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, length), dtype=np.int32)
-    peak = common.measure_peak(repeats=_PEAK_REPEATS.value)
+    peak = common.measure_peak()
     print(f"forward {_MODEL.value} {batch}x{length} {_DTYPE.value}; {peak.describe()}; "
           f"{common.machine_load()}")
     fns, names = [ours(cfg, ids)], ["ling-jax"]
