@@ -157,6 +157,7 @@ class RLPhase:
         """One RL step: held-out eval, experience (rollout → reward → advantage → log π_old),
         then the K objective updates."""
         k, rl = self.cursor, self.rl
+        start = time.perf_counter()
         key = jax.random.fold_in(self.base_key, int(state["step"]))
         metrics: dict = {}
         if k == 0:
@@ -175,6 +176,8 @@ class RLPhase:
         updates = jax.device_get(updates)
         self.cursor += 1
         metrics.update(extra, **updates, time_rollout=t1 - t0, time_update=time.perf_counter() - t1)
+        # Share of the step's wall time spent sampling (decode); eval generation excluded.
+        metrics["generate_share"] = extra["time_generate"] / max(time.perf_counter() - start, 1e-9)
         metrics.update({f"load_{n}": v for n, v in load_metrics(updates["expert_counts"]).items()})
         if self.cursor == self.steps:
             metrics.update(self._eval_metrics(state, "_end"))
@@ -189,8 +192,10 @@ class RLPhase:
         # 1. rollout: G samples of each of the P prompts from the current policy
         ids, lengths = encode_prompts(self.tokenizer, [p.prompt for p in problems],
                                       self.max_prompt, self.pad_id)
+        t0 = time.perf_counter()
         rollouts = sample_groups(self._generate, state["params"], state["biases"], ids, lengths,
                                  self.group_size, key, stage.max_response_tokens, self.tokenizer)
+        time_generate = time.perf_counter() - t0
         # 2. reward: answer + format + the stage's length reward, [P, G]
         rewards, components = score_rollouts(rollouts, problems, self.group_size,
                                              rl["reward_weights"], rl["reward_params"],
@@ -205,8 +210,8 @@ class RLPhase:
         if rl["kl_beta"] > 0:
             ref_params, ref_biases = self._reference(state, k)
             batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
-        return batch, rollout_metrics(rollouts, problems, self.group_size, rewards, components,
-                                      batch, entropy, stage)
+        return batch, {**rollout_metrics(rollouts, problems, self.group_size, rewards, components,
+                                         batch, entropy, stage), "time_generate": time_generate}
 
     def _reference(self, state: dict, step_in_phase: int):
         """(params, biases) of the phase start (kl_beta > 0), kept under the workdir."""

@@ -80,12 +80,14 @@ def sequence_layout(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, response
 
 
 def response_logprobs(model, tokens, positions, segment_ids, response, prompt_len: int,
-                      temperature: float):
+                      temperature: float, *, mtp: bool = True):
     """(log π(token) [N, R], entropy [N, R], expert counts) of the responses in one forward.
 
     π = softmax(logits / T): the distribution the sampler drew from before top-k / top-p.
+    mtp=False skips the MTP layers (their logits are never read; the counts then cover the MoE
+    stack only), for scoring that does not update the expert biases.
     """
-    out = model(tokens, positions, segment_ids)
+    out = model(tokens, positions, segment_ids, mtp=mtp)
     slots = response.shape[1]
     logits = jax.lax.dynamic_slice_in_dim(out.logits, prompt_len - 1, slots, axis=1)
     logp_all = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
