@@ -80,7 +80,7 @@ class RLPhase:
         stop = dict(stop_ids=(int(tok.eos_id),), pad_id=int(self.pad_id))
         sampling = SamplingParams(float(rl["temperature"]), float(rl["top_p"]), int(rl["top_k"]),
                                   **stop)
-        self._generate = compiled.generate_fn(model_json, self.slots, sampling)
+        self._generate = compiled.generate_fn(model_json, self.slots, sampling, self.group_size)
         self._greedy = compiled.generate_fn(model_json, self.slots, SamplingParams(0.0, **stop))
         self._score = compiled.scoring_fn(model_json, self.max_prompt, float(rl["temperature"]))
         self._update = self._make_update(ctx, phase, model_json)

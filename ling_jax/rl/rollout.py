@@ -49,11 +49,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int,
 
 def sample_groups(generate_fn, params, biases, prompt_ids: np.ndarray, prompt_lengths: np.ndarray,
                   group_size: int, key: jax.Array, max_steps: int, tokenizer) -> Rollouts:
-    """G samples of every prompt with `generate_fn` (ling_jax.model.decode.make_generate_fn)."""
+    """G samples of every prompt with `generate_fn` (ling_jax.model.decode.make_generate_fn with
+    group_size=G: each prompt is prefilled once, its G samples decode together in one batch)."""
     ids = np.repeat(prompt_ids, group_size, axis=0)
     lengths = np.repeat(prompt_lengths, group_size, axis=0)
-    out = generate_fn(params, biases, jnp.asarray(ids), jnp.asarray(lengths), key,
+    out = generate_fn(params, biases, jnp.asarray(prompt_ids), jnp.asarray(prompt_lengths), key,
                       jnp.int32(max_steps))
+    if out.tokens.shape[0] != len(ids):
+        raise ValueError(f"generate_fn returned {out.tokens.shape[0]} rows for {len(prompt_ids)} "
+                         f"prompts x {group_size} samples; build it with group_size={group_size}")
     response, logp, counts, finished = jax.device_get(
         (out.tokens, out.logprobs, out.lengths, out.finished))
     texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(response, counts, strict=True)]
