@@ -215,17 +215,17 @@ def test_group_prefill_once_equals_repeated_prompts(model, prompts, full_logits)
     ids, lengths = decode.left_pad(prompts)
     args = (jnp.asarray(ids), jnp.asarray(lengths), jax.random.key(0))
     greedy = decode.SamplingParams(temperature=0.0)
-    run = nnx.jit(lambda m, i, l, k: decode.generate(m, i, l, k, max_new_tokens=n,
+    run = nnx.jit(lambda m, i, lens, k: decode.generate(m, i, lens, k, max_new_tokens=n,
                                                      sampling=greedy, group_size=group))
     out = run(model, *args)
     want = [_reference_greedy(full_logits, p, n) for p in prompts for _ in range(group)]
     np.testing.assert_array_equal(np.asarray(out.tokens), want)
-    flat = nnx.jit(lambda m, i, l, k: decode.generate(m, i, l, k, max_new_tokens=n,
+    flat = nnx.jit(lambda m, i, lens, k: decode.generate(m, i, lens, k, max_new_tokens=n,
                                                       sampling=greedy))
     rep = flat(model, jnp.repeat(args[0], group, 0), jnp.repeat(args[1], group, 0), args[2])
     np.testing.assert_allclose(out.logprobs, rep.logprobs, atol=1e-5, rtol=0)
     hot = decode.SamplingParams(temperature=5.0)
-    sampled = nnx.jit(lambda m, i, l, k: decode.generate(m, i, l, k, max_new_tokens=n,
+    sampled = nnx.jit(lambda m, i, lens, k: decode.generate(m, i, lens, k, max_new_tokens=n,
                                                          sampling=hot, group_size=group))(
         model, *args)
     tokens = np.asarray(sampled.tokens).reshape(len(prompts), group, n)
