@@ -191,13 +191,27 @@ class _Carry(NamedTuple):
     done: jax.Array
 
 
+def _repeat_rows(tree, group_size: int, axis_of):
+    """Every batch row repeated group_size times in place (row p -> rows p*G .. p*G+G-1)."""
+    return jax.tree.map(lambda a: jnp.repeat(a, group_size, axis=axis_of(a)), tree)
+
+
 def generate(model, prompt_ids_BP, prompt_lengths_B, key, *, max_new_tokens: int,
-             sampling: SamplingParams, max_steps: jax.Array | int | None = None) -> Generation:
-    """Samples up to `max_steps` (<= max_new_tokens, may be traced) tokens per row; jit-able."""
+             sampling: SamplingParams, max_steps: jax.Array | int | None = None,
+             group_size: int = 1) -> Generation:
+    """Samples up to `max_steps` (<= max_new_tokens, may be traced) tokens per row; jit-able.
+
+    group_size G > 1: the B prompts are prefilled once and each is decoded as G rows
+    (row b*G + g is sample g of prompt b), as an RL group; the result has B*G rows."""
     batch, prompt_len = prompt_ids_BP.shape
     max_steps = max_new_tokens if max_steps is None else jnp.minimum(max_steps, max_new_tokens)
     logits, cache, key_valid = prefill(model, prompt_ids_BP, prompt_lengths_B,
                                        prompt_len + max_new_tokens)
+    if group_size > 1:  # cache leaves are [layers, B, S, K, H]; the rest lead with B
+        batch *= group_size
+        cache = _repeat_rows(cache, group_size, lambda a: 1)
+        logits, key_valid, prompt_lengths_B = _repeat_rows(
+            (logits, key_valid, prompt_lengths_B), group_size, lambda a: 0)
     stop_ids = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
 
     def cond(c: _Carry):
@@ -224,17 +238,19 @@ def generate(model, prompt_ids_BP, prompt_lengths_B, key, *, max_new_tokens: int
     return Generation(out.tokens, out.logprobs, out.lengths, out.done)
 
 
-def make_generate_fn(graphdef, *, max_new_tokens: int, sampling: SamplingParams):
+def make_generate_fn(graphdef, *, max_new_tokens: int, sampling: SamplingParams,
+                     group_size: int = 1):
     """jit(params, biases, prompt_ids, prompt_lengths, key, max_steps) -> Generation.
 
     `graphdef` splits the model as (graphdef, Param state, ExpertBias state) — e.g.
-    ling_jax.train.phases.phase_graphdef. One compile per (batch, prompt length).
+    ling_jax.train.phases.phase_graphdef. One compile per (batch, prompt length); max_steps is
+    traced, so changing it never recompiles. group_size: see `generate`.
     """
 
     def run(params, biases, prompt_ids, prompt_lengths, key, max_steps):
         model = nnx.merge(graphdef, params, biases)
         return generate(model, prompt_ids, prompt_lengths, key, max_new_tokens=max_new_tokens,
-                        sampling=sampling, max_steps=max_steps)
+                        sampling=sampling, max_steps=max_steps, group_size=group_size)
 
     return jax.jit(run)
 

@@ -69,9 +69,14 @@ class LingForCausalLM(nnx.Module):
         input_ids: jax.Array,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        *,
+        mtp: bool = True,
     ) -> ModelOutput:
         """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding.
-        Under context parallelism the outputs come in `ModelOutput.order` (see `reorder`)."""
+        Under context parallelism the outputs come in `ModelOutput.order` (see `reorder`).
+
+        mtp=False skips the MTP layers (inference and RL log-probs never read them): mtp_logits is
+        then [0, B, T, V] and the counts / router logits cover the MoE stack only."""
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
@@ -100,10 +105,10 @@ class LingForCausalLM(nnx.Module):
             router_logits.append(r)
             dropped.append(d)
         return self._heads(x, natural_ids, embed, cos, sin, mask, token_mask,
-                           (counts, router_logits, dropped), order)
+                           (counts, router_logits, dropped), order, mtp=mtp)
 
     def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux,
-               order=None) -> ModelOutput:
+               order=None, *, mtp: bool = True) -> ModelOutput:
         """Final norm, MTP layers and logits after the MoE stack; aux holds the stack's lists of
         (expert counts, router logits, dropped EP rows), to which the MTP layers' are appended.
         input_ids in natural order (MTP shifts them across context shards before reordering).
@@ -112,7 +117,7 @@ class LingForCausalLM(nnx.Module):
         batch, length = input_ids.shape
         h = self.final_norm(x)
         mtp_logits, ids = [], input_ids
-        for layer in self.mtp_layers:
+        for layer in self.mtp_layers if mtp else ():
             ids = shift_left(ids)
             emb = jnp.take(embed, reorder(ids, order), axis=0).astype(self.dtype)
             h, (c, r, d) = layer(h, constrain(emb, ACTIVATION_AXES), cos, sin, mask, token_mask)
@@ -120,7 +125,7 @@ class LingForCausalLM(nnx.Module):
             counts.append(c[None])
             router_logits.append(r[None])
             dropped.append(d[None])
-        logits = self.logits(self.final_norm(x))
+        logits = self.logits(h if not mtp_logits else self.final_norm(x))
         n_exp = self.cfg.num_experts
         return ModelOutput(
             logits=logits,

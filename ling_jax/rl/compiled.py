@@ -23,9 +23,10 @@ def graphdef(model_json: str):
 
 
 @functools.lru_cache(maxsize=16)
-def generate_fn(model_json: str, slots: int, sampling: SamplingParams):
-    """KV-cache sampler of `slots` new tokens."""
-    return make_generate_fn(graphdef(model_json), max_new_tokens=slots, sampling=sampling)
+def generate_fn(model_json: str, slots: int, sampling: SamplingParams, group_size: int = 1):
+    """KV-cache sampler of `slots` new tokens (group_size samples per prompt, one prefill each)."""
+    return make_generate_fn(graphdef(model_json), max_new_tokens=slots, sampling=sampling,
+                            group_size=group_size)
 
 
 @functools.lru_cache(maxsize=16)

@@ -94,7 +94,7 @@ class RLPhase:
         stop = dict(stop_ids=(int(tok.eos_id),), pad_id=int(self.pad_id))
         sampling = SamplingParams(float(rl["temperature"]), float(rl["top_p"]), int(rl["top_k"]),
                                   **stop)
-        self._generate = compiled.generate_fn(model_json, self.slots, sampling)
+        self._generate = compiled.generate_fn(model_json, self.slots, sampling, self.group_size)
         self._greedy = compiled.generate_fn(model_json, self.slots, SamplingParams(0.0, **stop))
         self._score = compiled.scoring_fn(model_json, self.max_prompt, float(rl["temperature"]))
         self._update = self._make_update(ctx, phase, model_json)
@@ -182,6 +182,7 @@ class RLPhase:
         """One RL step: held-out eval, experience (rollout → reward → advantage → log π_old),
         then the K objective updates."""
         k, rl = self.cursor, self.rl
+        start = time.perf_counter()
         key = jax.random.fold_in(self.base_key, int(state["step"]))
         metrics: dict = {}
         if k == 0:
@@ -201,6 +202,8 @@ class RLPhase:
         updates = jax.device_get(updates)
         self.cursor += 1
         metrics.update(extra, **updates, time_rollout=t1 - t0, time_update=time.perf_counter() - t1)
+        # Share of the step's wall time spent sampling (decode); eval generation excluded.
+        metrics["generate_share"] = extra["time_generate"] / max(time.perf_counter() - start, 1e-9)
         metrics.update({f"load_{n}": v for n, v in load_metrics(updates["expert_counts"]).items()})
         if self.cursor == self.steps:
             metrics.update(self._eval_metrics(state, "_end"))
@@ -224,11 +227,13 @@ class RLPhase:
         # 1. rollout: G samples of each of the P prompts from the current policy
         ids, lengths = encode_prompts(self.tokenizer, [p.prompt for p in problems],
                                       self.max_prompt, self.pad_id)
-        ids, lengths = (np.repeat(x, self.group_size, axis=0) for x in (ids, lengths))
-        prompt = self._place({"ids": ids[rows], "lengths": lengths[rows]})
+        t0 = time.perf_counter()
+        prompt = self._place_prompts(ids, lengths, rows)
         out = self._generate(state["params"], state["biases"], prompt["ids"], prompt["lengths"],
                              key, jnp.int32(stage.max_response_tokens))
+        ids, lengths = (np.repeat(x, self.group_size, axis=0) for x in (ids, lengths))
         rollouts = rollouts_from(ids, lengths, out, self.tokenizer)
+        time_generate = time.perf_counter() - t0
         # 2. reward: answer + format + the stage's length reward, [P, G]; each process scores
         #    the groups it generated
         rewards, components, correct = self._rewards(rollouts, problems, rows, stage)
@@ -243,8 +248,9 @@ class RLPhase:
             ref_params, ref_biases = self._reference(state, k)
             batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
         seen = dict(full, logp_old=host_value(batch["logp_old"]))
-        return batch, rollout_metrics(rollouts, problems, self.group_size, rewards, components,
-                                      seen, host_value(entropy), stage, correct)
+        return batch, {**rollout_metrics(rollouts, problems, self.group_size, rewards,
+                                         components, seen, host_value(entropy), stage, correct),
+                       "time_generate": time_generate}
 
     def _rows(self, n: int) -> np.ndarray:
         """The rollout rows this process generates (ascending): whole groups."""
@@ -255,6 +261,17 @@ class RLPhase:
                              f"{self.group_size} rollouts; make group_size × batch_size rows "
                              "split into whole groups per batch shard")
         return rows
+
+    def _place_prompts(self, ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> dict:
+        """The sampler's [P, ...] prompt inputs (it decodes G samples of each): with several
+        processes, each passes the prompts of its own groups."""
+        if jax.process_count() == 1:
+            return {"ids": jnp.asarray(ids), "lengths": jnp.asarray(lengths)}
+        groups = np.unique(rows // self.group_size)
+        if not np.array_equal(groups, np.asarray(self.batch_rows(len(ids)))):
+            raise ValueError(f"phases.{self.name}.batch_size={len(ids)} prompts must split evenly "
+                             "over the batch shards of the mesh when several processes sample")
+        return self._place({"ids": ids[groups], "lengths": lengths[groups]})
 
     def _place(self, batch: dict) -> dict:
         """Host arrays of this process's rows -> the step's inputs (global arrays on a mesh)."""

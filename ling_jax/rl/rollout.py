@@ -50,11 +50,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int,
 
 def sample_groups(generate_fn, params, biases, prompt_ids: np.ndarray, prompt_lengths: np.ndarray,
                   group_size: int, key: jax.Array, max_steps: int, tokenizer) -> Rollouts:
-    """G samples of every prompt with `generate_fn` (ling_jax.model.decode.make_generate_fn)."""
+    """G samples of every prompt with `generate_fn` (ling_jax.model.decode.make_generate_fn with
+    group_size=G: each prompt is prefilled once, its G samples decode together in one batch)."""
     ids = np.repeat(prompt_ids, group_size, axis=0)
     lengths = np.repeat(prompt_lengths, group_size, axis=0)
-    out = generate_fn(params, biases, jnp.asarray(ids), jnp.asarray(lengths), key,
+    out = generate_fn(params, biases, jnp.asarray(prompt_ids), jnp.asarray(prompt_lengths), key,
                       jnp.int32(max_steps))
+    if out.tokens.shape[0] != len(ids):
+        raise ValueError(f"generate_fn returned {out.tokens.shape[0]} rows for {len(prompt_ids)} "
+                         f"prompts x {group_size} samples; build it with group_size={group_size}")
     return rollouts_from(ids, lengths, out, tokenizer)
 
 
@@ -94,12 +98,14 @@ def sequence_layout(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, response
 
 
 def response_logprobs(model, tokens, positions, segment_ids, response, prompt_len: int,
-                      temperature: float):
+                      temperature: float, *, mtp: bool = True):
     """(log π(token) [N, R], entropy [N, R], expert counts) of the responses in one forward.
 
     π = softmax(logits / T): the distribution the sampler drew from before top-k / top-p.
+    mtp=False skips the MTP layers (their logits are never read; the counts then cover the MoE
+    stack only), for scoring that does not update the expert biases.
     """
-    out = model(tokens, positions, segment_ids)
+    out = model(tokens, positions, segment_ids, mtp=mtp)
     slots = response.shape[1]
     logits = jax.lax.dynamic_slice_in_dim(out.logits, prompt_len - 1, slots, axis=1)
     logp_all = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)

@@ -35,13 +35,14 @@ class UpdateConfig:
 
 
 def score_fn(graphdef, prompt_len: int, temperature: float):
-    """jit(params, biases, batch) -> (logp [N,R], entropy [N,R]) under those params."""
+    """jit(params, biases, batch) -> (logp [N,R], entropy [N,R]) under those params (no MTP
+    layers: nothing here reads them)."""
 
     def run(params, biases, batch):
         model = nnx.merge(graphdef, params, biases)
         logp, entropy, _ = response_logprobs(model, batch["tokens"], batch["positions"],
                                              batch["segment_ids"], batch["response"],
-                                             prompt_len, temperature)
+                                             prompt_len, temperature, mtp=False)
         return logp, entropy
 
     return jax.jit(run)

@@ -205,3 +205,28 @@ def test_bad_sampling_params_raise():
         decode.SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         decode.SamplingParams(temperature=-1.0)
+
+
+def test_group_prefill_once_equals_repeated_prompts(model, prompts, full_logits):
+    """group_size=G prefills each prompt once and decodes G rows per prompt: greedy tokens equal
+    the stepwise argmax of the full forward (the reference), log-probs those of the repeated-prompt
+    batch; a sampled group shares the prompt but not the draws."""
+    n, group = 5, 2
+    ids, lengths = decode.left_pad(prompts)
+    args = (jnp.asarray(ids), jnp.asarray(lengths), jax.random.key(0))
+    greedy = decode.SamplingParams(temperature=0.0)
+    run = nnx.jit(lambda m, i, lens, k: decode.generate(m, i, lens, k, max_new_tokens=n,
+                                                     sampling=greedy, group_size=group))
+    out = run(model, *args)
+    want = [_reference_greedy(full_logits, p, n) for p in prompts for _ in range(group)]
+    np.testing.assert_array_equal(np.asarray(out.tokens), want)
+    flat = nnx.jit(lambda m, i, lens, k: decode.generate(m, i, lens, k, max_new_tokens=n,
+                                                      sampling=greedy))
+    rep = flat(model, jnp.repeat(args[0], group, 0), jnp.repeat(args[1], group, 0), args[2])
+    np.testing.assert_allclose(out.logprobs, rep.logprobs, atol=1e-5, rtol=0)
+    hot = decode.SamplingParams(temperature=5.0)
+    sampled = nnx.jit(lambda m, i, lens, k: decode.generate(m, i, lens, k, max_new_tokens=n,
+                                                         sampling=hot, group_size=group))(
+        model, *args)
+    tokens = np.asarray(sampled.tokens).reshape(len(prompts), group, n)
+    assert any((t[0] != t[1]).any() for t in tokens)

@@ -145,3 +145,14 @@ def test_bfloat16_params_are_stored_in_bfloat16():
     # The router and the balancing bias stay fp32 (reference §2.7).
     assert params["moe_layers"]["mlp"]["router"].dtype == jnp.float32
     assert nnx.state(model).to_pure_dict()["moe_layers"]["mlp"]["expert_bias"].dtype == jnp.float32
+
+
+def test_mtp_false_skips_mtp_and_keeps_logits(fixture):
+    """mtp=False (inference, RL scoring) gives the fixture's logits and no MTP outputs."""
+    path, ref, _, config = fixture
+    model, _ = load_model(path)
+    out = nnx.jit(lambda m, ids: m(ids, mtp=False))(model, jnp.asarray(ref["input_ids"]))
+    np.testing.assert_allclose(out.logits, ref["logits"], atol=1e-4, rtol=0)
+    n_moe = config["num_hidden_layers"] - config["first_k_dense_replace"]
+    assert out.mtp_logits.shape[0] == 0 and out.expert_counts.shape[0] == n_moe
+    assert out.router_logits.shape[0] == n_moe

@@ -17,6 +17,7 @@ from tests.rl.rl_fixtures import rl_experiment
 
 # Wall-clock measurements differ between any two runs; everything else must match bitwise.
 TIMING = ("step_time", "tokens_per_sec", "mfu", "time_rollout", "time_update", "time_data",
+          "time_generate", "generate_share",
           "time_step", "time_checkpoint")
 
 
@@ -45,6 +46,9 @@ def test_rl_phase_logs_metrics_and_follows_stages(full_run):
     assert [r["max_response_tokens"] for r in rows] == [16, 16, 24, 24]
     assert [r["length_alpha"] for r in rows] == [0.2, 0.2, 0.1, 0.1]
     assert all(r["response_length"] <= r["max_response_tokens"] for r in rows)
+    # Generation time is part of the rollout time and of the step (share in (0, 1)).
+    assert all(0 < r["time_generate"] <= r["time_rollout"] for r in rows)
+    assert all(0 < r["generate_share"] < 1 for r in rows)
     # The decoder's log-probs and the training forward's agree (fp32, same params).
     assert all(r["logp_gap"] < 1e-4 for r in rows)
     # The first update of a step sees ratio 1 exactly; entropy of a random model is high.

@@ -24,7 +24,7 @@ def sampled():
     ids, lengths = rollout.encode_prompts(TOK, prompts, 24, TOK.pad_id)
     sampling = SamplingParams(temperature=0.9, top_k=40, stop_ids=(TOK.eos_id, 10),
                               pad_id=TOK.pad_id)
-    generate = make_generate_fn(graphdef, max_new_tokens=10, sampling=sampling)
+    generate = make_generate_fn(graphdef, max_new_tokens=10, sampling=sampling, group_size=3)
     out = rollout.sample_groups(generate, params, biases, ids, lengths, 3, jax.random.key(1), 10,
                                 TOK)
     return model, out
