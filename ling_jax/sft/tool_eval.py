@@ -37,6 +37,8 @@ def parse_tool_calls(text: str, template: ChatTemplate) -> list[dict[str, Any]] 
                 or not isinstance(call.get("arguments"), dict)):
             return None
         calls.append(call)
+    if text.count(template.tool_call_start) != len(calls):  # a call opened and never closed
+        return None
     return calls
 
 
