@@ -84,3 +84,21 @@ def test_bad_sft_configs_fail_validation(change, message):
     change(cfg)
     with pytest.raises(ExperimentError, match=message):
         validate_experiment(cfg)
+
+
+def test_data_state_carries_the_phase_start_results(tmp_path):
+    """A resumed sft phase keeps its step count and phase-start results (before/after report)."""
+    from ling_jax.sft.phase import SFTPhase
+    from ling_jax.train.phases import PhaseContext
+    from ling_jax.train.tokenizer_setup import build_tokenizer
+
+    cfg = sft_experiment()
+    tok = build_tokenizer(cfg.tokenizer, cfg.model, tmp_path)
+    runner = SFTPhase(PhaseContext(cfg, tok, phase_index=0, start_step=0, workdir=tmp_path),
+                      "sft", cfg.phases.sft)
+    state = runner.data_state()
+    assert state["sft_step"] == 0 and state["heldout_start"] is None
+    runner.set_data_state({**state, "sft_step": 2, "heldout_start": [1, 0, 0, 1]})
+    assert runner.cursor == 2 and runner.heldout_start == [1, 0, 0, 1]
+    assert runner.data_state()["pipeline"] == state["pipeline"]
+    runner.close()
