@@ -9,6 +9,8 @@ held-out arithmetic accuracy and mean response tokens before/after RL.
 
     python experiments/colab_tiny_post.py --workdir runs/tiny_post
     ling-jax train --config experiments/colab_tiny_post.py --workdir runs/tiny_post   # same run
+    python experiments/colab_tiny_post.py --sft_only --workdir runs/tiny_sft   # the sft phase
+                                                          # alone, from a random init
 
 Another RL stage (e.g. a code reward) is one more entry in `post_phases()`.
 """
@@ -65,6 +67,13 @@ def get_config():
         phases=phases, checkpoint=checkpointing(every_steps=100, keep=2))
 
 
+def sft_only_config():
+    """The sft phase alone from a random init (a harder start than after mid-training)."""
+    cfg = get_config()
+    cfg.phase_order = ("sft",)
+    return cfg
+
+
 def report(records: list[dict]) -> str:
     """Tool-call accuracy before/after SFT and RL accuracy / response tokens before/after."""
     from ling_jax.sft.evaluation import describe_change
@@ -75,7 +84,8 @@ def report(records: list[dict]) -> str:
         raise ValueError("the metrics hold no finished sft phase")
     lines.append("sft: " + describe_change(sft))
     rl_rows = [r for r in records if r.get("phase") == "rl"]
-    lines.append("rl: " + colab_tiny_rl_report(rl_rows))
+    if rl_rows:
+        lines.append("rl: " + colab_tiny_rl_report(rl_rows))
     return "\n".join(lines)
 
 
@@ -93,12 +103,13 @@ def colab_tiny_rl_report(rows: list[dict]) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/tiny_post")
+    parser.add_argument("--sft_only", action="store_true", help=sft_only_config.__doc__)
     args = parser.parse_args(argv)
     from ling_jax.train.loop import run_experiment
     from ling_jax.train.metrics_log import read_metrics
 
     start = time.time()
-    result = run_experiment(get_config(), args.workdir)
+    result = run_experiment(sft_only_config() if args.sft_only else get_config(), args.workdir)
     print(f"finished in {time.time() - start:.0f} s (step {result.global_step}); plots: "
           + ", ".join(str(p) for p in result.plots))
     print(report(read_metrics(args.workdir)))
