@@ -78,6 +78,7 @@ def test_sft_batches_train_assistant_tokens_only(run):
     (lambda c: c.phases.sft.data.update(chat_template="ling"), "set that instead"),
     (lambda c: setattr(c.tokenizer, "chat_template", "chatml"), "tokenizer.chat_template"),
     (lambda c: c.phases.sft.sft.update(max_new_tokens=500), "below seq_len=192"),
+    (lambda c: c.phases.sft.update(kind="midtrain"), "only phases of kind 'sft' take an sft"),
 ])
 def test_bad_sft_configs_fail_validation(change, message):
     cfg = sft_experiment()
