@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ling_jax.parallel",),  # meshes, sharding rules, sharded state, the pipeline
     ("ling_jax.train",),  # the train loop, its phases, checkpoints, metrics
     ("ling_jax.rl",),  # the rl phase kind (found by train/phase_kinds.py by module path)
+    ("ling_jax.sft",),  # the sft phase kind (same; uses rl's evaluation statistics)
     ("ling_jax.launch",),  # ahead-of-time compiles of the train step for a TPU topology
     ("ling_jax.cli",),  # the `ling-jax` command
     ("tpu_scripts",),  # launching the CLI on TPU VMs

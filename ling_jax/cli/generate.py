@@ -5,6 +5,13 @@ else temperature / top-p / top-k sampling with --seed. The tokenizer is --tokeni
 tokenizer.json or a directory holding one), else the tokenizer.json of the HF directory, else one
 beside the model checkpoint (in it or its parent directory). Generation stops at the tokenizer's
 end-of-text token or after --max_new_tokens.
+
+--chat: each --prompt is a user turn (after --system and the --tools schemas, a JSON list file),
+rendered with the chat template exactly as the sft phase trains (ling_jax.data.chat_template);
+the reply stops at the template's end of turn. The template is --chat_template (a preset name
+or a JSON file of template fields), else the chat_template.json an sft run writes in its workdir
+(found beside the checkpoint: in it or its parent directory, or in the HF directory), else the
+"ling" preset.
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1 = off)")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0 = off)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "samples per prompt")
+_CHAT = flags.DEFINE_bool("chat", False, "render each --prompt as a user turn of the chat "
+                          "template and stop at the end of the assistant's turn")
+_SYSTEM = flags.DEFINE_string("system", None, "--chat: a system message")
+_TOOLS = DEFINE_path("tools", None, "--chat: a JSON file holding a list of tool schemas")
+_CHAT_TEMPLATE = flags.DEFINE_string("chat_template", None,
+                                     "--chat: a preset name (ling, compact) or a JSON file of "
+                                     "template fields; default: the run's chat_template.json")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "parameter and compute dtype (router, norms, softmax stay fp32)")
 _ATTENTION = flags.DEFINE_string("attention_backend", None,
@@ -52,6 +66,45 @@ def find_tokenizer(explicit: str | None, hf_dir: str | None, checkpoint: str | N
                      "pass --tokenizer PATH")
 
 
+def find_chat_template(explicit: str | None, hf_dir: str | None, checkpoint: str | None):
+    """The chat template for --chat (see the module doc)."""
+    import json
+
+    from ling_jax.data.chat_template import chat_template
+
+    if explicit and not explicit.endswith(".json"):
+        return chat_template(explicit)
+    files = [pathlib.Path(explicit)] if explicit else []
+    if not explicit:
+        if hf_dir:
+            files.append(pathlib.Path(hf_dir) / "chat_template.json")
+        if checkpoint:
+            path = pathlib.Path(checkpoint).absolute()
+            files += [path / "chat_template.json", path.parent / "chat_template.json"]
+    for file in files:
+        if file.is_file():
+            return chat_template(json.loads(file.read_text()))
+    if explicit:
+        raise FileNotFoundError(f"--chat_template: file {explicit} not found")
+    return chat_template(None)
+
+
+def chat_prompts(tokenizer, template, prompts: list[str]) -> list[list[int]]:
+    """Ids of each prompt as a user turn (after --system and --tools), ready for the reply."""
+    import json
+
+    from ling_jax.data.chat_encoding import encode_prompt
+
+    tools = None
+    if _TOOLS.value:
+        tools = json.loads(pathlib.Path(_TOOLS.value).read_text())
+        if not isinstance(tools, list):
+            raise ValueError(f"--tools: {_TOOLS.value} must hold a JSON list of tool schemas")
+    system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
+    return [encode_prompt(tokenizer, template, [*system, {"role": "user", "content": p}], tools)
+            for p in prompts]
+
+
 def _check_flags(argv) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
@@ -59,6 +112,10 @@ def _check_flags(argv) -> None:
         raise ValueError("give exactly one of --hf DIR or --checkpoint CKPT")
     if not _PROMPT.value:
         raise ValueError('--prompt "..." is required')
+    if not _CHAT.value and (_SYSTEM.value or _TOOLS.value or _CHAT_TEMPLATE.value):
+        raise ValueError("--system, --tools and --chat_template need --chat")
+    if _TOOLS.value and not pathlib.Path(_TOOLS.value).is_file():
+        raise FileNotFoundError(f"--tools: file {_TOOLS.value} not found")
     if _MAX_NEW.value < 1 or _NUM_SAMPLES.value < 1:
         raise ValueError("--max_new_tokens and --num_samples must be >= 1")
     for flag, path in (("--hf", _HF.value), ("--checkpoint", _CHECKPOINT.value)):
@@ -100,12 +157,19 @@ def main(argv) -> None:
     from ling_jax.model.decode import SamplingParams
 
     tokenizer = find_tokenizer(_TOKENIZER.value, _HF.value, _CHECKPOINT.value)
+    prompts = [p for p in _PROMPT.value for _ in range(_NUM_SAMPLES.value)]
+    stops, template = (int(tokenizer.eos_id),), None
+    if _CHAT.value:
+        from ling_jax.data.chat_encoding import stop_ids
+
+        template = find_chat_template(_CHAT_TEMPLATE.value, _HF.value, _CHECKPOINT.value)
+        encoded, stops = chat_prompts(tokenizer, template, prompts), stop_ids(tokenizer, template)
+    else:
+        encoded = [tokenizer.encode(p) for p in prompts]
     sampling = SamplingParams(temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-                              top_k=_TOP_K.value, stop_ids=(int(tokenizer.eos_id),),
+                              top_k=_TOP_K.value, stop_ids=stops,
                               pad_id=int(tokenizer.pad_id if tokenizer.pad_id is not None
                                          else tokenizer.eos_id))
-    prompts = [p for p in _PROMPT.value for _ in range(_NUM_SAMPLES.value)]
-    encoded = [tokenizer.encode(p) for p in prompts]
     if any(not ids for ids in encoded):
         raise ValueError("--prompt: a prompt encodes to no tokens; give some text")
     runtime = dict(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
@@ -120,7 +184,12 @@ def main(argv) -> None:
     model, cfg = _load_model(runtime)
     for prompt, text in zip(prompts, generate_texts(model, tokenizer, encoded, sampling),
                             strict=True):
-        print(prompt + text)
+        if template is not None:
+            from ling_jax.data.chat_encoding import cut_at_end_of_turn
+
+            print(f"user: {prompt}\nassistant: {cut_at_end_of_turn(text, template)}")
+        else:
+            print(prompt + text)
         print("-" * 40)
 
 

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "generate": "generate",
     "aot": "aot",
     "train-tokenizer": "train_tokenizer",
+    "prepare-chat": "prepare_chat",
 }
 
 

@@ -45,6 +45,7 @@ class ProgressReporter:
     def __init__(self):
         self.bar, self.t0, self.first_loss, self.start_step = None, time.time(), None, 0
         self.last_lm: dict | None = None  # last record of an LM phase (an rl phase may follow)
+        self.tool_calls: dict | None = None  # the closing record of an sft phase (before/after)
 
     def on_start(self, info: dict) -> None:
         from tqdm import tqdm
@@ -63,6 +64,8 @@ class ProgressReporter:
             self.first_loss = record["loss"]
         if "lm_loss" in record:
             self.last_lm = record
+        if "tool_call_delta" in record:
+            self.tool_calls = record
         self.bar.set_description(f"{record['phase']}", refresh=False)
         self.bar.set_postfix_str(f"loss {record['loss']:.3f} lm {record.get('lm_loss', float('nan')):.3f} "
                                  f"{record['tokens_per_sec']:.0f} tok/s mfu {record['mfu']:.1%}",
@@ -189,6 +192,10 @@ def _summary(result, reporter: ProgressReporter, sample: str | None) -> None:
                   f"{m['heldout_tokens_end']:.1f}" if "heldout_tokens_before" in m else "")
         print(f"{m['phase']}: held-out accuracy {m['heldout_before']:.3f} -> "
               f"{m['heldout_after']:.3f} (n={int(m['heldout_n'])}), {difference_text(m)}{tokens}")
+    if reporter.tool_calls:
+        from ling_jax.sft.evaluation import describe_change
+
+        print(f"{reporter.tool_calls['phase']}: {describe_change(reporter.tool_calls)}")
     print(f"checkpoints: {result.checkpoint_dir}\nmetrics: {result.workdir / 'metrics.jsonl'} "
           f"(TensorBoard: {result.workdir / 'tensorboard'})")
     if result.final_model:

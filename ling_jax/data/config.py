@@ -5,7 +5,9 @@ data_cfg (ml_collections.ConfigDict or dict):
            their "label" field or "kind[i]")
   num_workers=0 (grain worker processes), worker_buffer_size=2, read_threads=2 (per source),
   read_buffer_size=64, shuffle=True, add_bos=False, long_docs="split" (default for sources),
-  streams=0 (row streams of the global batch, data/streams.py; 0 = one per row)
+  streams=0 (row streams of the global batch, data/streams.py; 0 = one per row),
+  chat_template=None (how conversation sources render: data/chat_template.py; the sft phase
+  fills it from tokenizer.chat_template)
 A source: {kind, weight=1.0, long_docs=<data default>, label=None, ...kind fields below}.
 The tfds field "name" is the tfds dataset name ("mnist", "my_ds/config:1.0.0").
 """
@@ -19,10 +21,13 @@ from typing import Any
 from ling_jax.data.arithmetic import DIFFICULTY_LEVELS
 from ling_jax.data.arithmetic import SPLITS as ARITHMETIC_SPLITS
 from ling_jax.data.builtin import PYTHON_SPLITS
+from ling_jax.data.chat_template import chat_template
 from ling_jax.data.code_tasks import DIFFICULTY_LEVELS as CODE_LEVELS
 from ling_jax.data.code_tasks import SPLITS as CODE_SPLITS
 from ling_jax.data.packing import LONG_DOC_POLICIES
 from ling_jax.data.sources import TEXT_SPLITS, resolve_paths
+from ling_jax.data.tool_calls import FUNCTIONS as TOOL_FUNCTIONS
+from ling_jax.data.tool_calls import SPLITS as TOOL_CALL_SPLITS
 
 REQUIRED = object()  # marker: the field has no default
 COMMON_FIELDS: dict[str, Any] = {"kind": REQUIRED, "weight": 1.0, "long_docs": None, "label": None}
@@ -35,18 +40,22 @@ SOURCE_FIELDS: dict[str, dict[str, Any]] = {
     "array_record": {"path": REQUIRED},
     "jsonl": {"path": REQUIRED, "text_key": "text", "prompt_key": "prompt",
               "completion_key": "completion"},
+    "chat_jsonl": {"path": REQUIRED, "messages_key": "messages", "tools_key": "tools"},
+    "builtin_tool_calls": {"split": "train", "num_docs": 100_000, "seed": None, "num_tools": 3},
     "text": {"path": REQUIRED, "split_on": "file"},
     "tfds": {"name": REQUIRED, "split": "train", "data_dir": None, "text_key": "text",
              "tokens_key": None},
 }
 DATA_FIELDS: dict[str, Any] = {"sources": REQUIRED, "num_workers": 0, "worker_buffer_size": 2,
                                "read_threads": 2, "read_buffer_size": 64, "shuffle": True,
-                               "add_bos": False, "long_docs": "split", "streams": 0}
+                               "add_bos": False, "long_docs": "split", "streams": 0,
+                               "chat_template": None}
 # Allowed values of enumerated fields, per kind.
 _CHOICES: dict[str, dict[str, tuple]] = {
     "builtin_python": {"split": PYTHON_SPLITS},
     "builtin_arithmetic": {"split": ARITHMETIC_SPLITS},
     "builtin_code": {"split": CODE_SPLITS},
+    "builtin_tool_calls": {"split": TOOL_CALL_SPLITS},
     "text": {"split_on": TEXT_SPLITS},
 }
 
@@ -99,6 +108,12 @@ def _check_source(src: dict[str, Any], where: str) -> None:
                              f"{list(CODE_LEVELS)}")
         if int(src["num_docs"]) < 1:
             raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
+    if kind == "builtin_tool_calls":
+        if not 1 <= int(src["num_tools"]) <= len(TOOL_FUNCTIONS):
+            raise ValueError(f"{where}.num_tools={src['num_tools']} must be in "
+                             f"[1, {len(TOOL_FUNCTIONS)}]")
+        if int(src["num_docs"]) < 1:
+            raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
     if kind == "tfds" and src["data_dir"] is not None and not os.path.isdir(src["data_dir"]):
         raise ValueError(f"{where}.data_dir={src['data_dir']!r} is not a directory")
 
@@ -133,6 +148,8 @@ def validate_data_config(data_cfg: Any) -> dict[str, Any]:
             raise ValueError(f"data.{field}={value!r} must be an integer >= {minimum}")
     if cfg["long_docs"] not in LONG_DOC_POLICIES:
         raise ValueError(f"data.long_docs={cfg['long_docs']!r}; use one of {LONG_DOC_POLICIES}")
+    if cfg["chat_template"] is not None:
+        chat_template(cfg["chat_template"])  # raises naming the bad field
     named = _named_sources(cfg["sources"])
     if not named:
         raise ValueError("data.sources is empty; give at least one source")

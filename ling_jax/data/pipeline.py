@@ -25,13 +25,21 @@ import numpy as np
 from absl import flags
 
 from ling_jax.data.builtin import ArithmeticSource, PythonSource
+from ling_jax.data.chat_template import chat_template
 from ling_jax.data.code_tasks import CodeTaskSource
 from ling_jax.data.config import validate_data_config
 from ling_jax.data.documents import DocumentEncoder
 from ling_jax.data.packing import STAT_KEYS, PackedIterDataset
-from ling_jax.data.sources import ArrayRecordSource, JsonlSource, TextSource, TfdsSource
+from ling_jax.data.sources import (
+    ArrayRecordSource,
+    ChatJsonlSource,
+    JsonlSource,
+    TextSource,
+    TfdsSource,
+)
 from ling_jax.data.streams import InterleavedStreams, contiguous_rows, owned_streams, resolve_streams
 from ling_jax.data.tokenizers import Tokenizer
+from ling_jax.data.tool_calls import ToolCallSource
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 _MIN_SHUFFLED_EPOCH = 4096
@@ -52,6 +60,11 @@ SOURCE_BUILDERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "jsonl": lambda s, seed: JsonlSource(
         s["path"], name=s["label"], text_key=s["text_key"], prompt_key=s["prompt_key"],
         completion_key=s["completion_key"]),
+    "chat_jsonl": lambda s, seed: ChatJsonlSource(
+        s["path"], name=s["label"], messages_key=s["messages_key"], tools_key=s["tools_key"]),
+    "builtin_tool_calls": lambda s, seed: ToolCallSource(
+        s["split"], num_docs=int(s["num_docs"]), num_tools=int(s["num_tools"]),
+        seed=seed if s["seed"] is None else int(s["seed"]), name=s["label"]),
     "text": lambda s, seed: TextSource(s["path"], name=s["label"], split_on=s["split_on"]),
     "tfds": lambda s, seed: TfdsSource(
         s["name"], split=s["split"], data_dir=s["data_dir"], text_key=s["text_key"],
@@ -96,8 +109,9 @@ def _packed_source(spec: dict[str, Any], cfg: dict[str, Any], index: int, *, seq
         ds = ds.repeat(-(-_MIN_SHUFFLED_EPOCH // len(ds))).shuffle(seed=shuffle_seed)
     # Two epochs' worth of consecutive empty documents means the (slice of the) source is empty.
     max_empty = 2 * len(ds) * max(cfg["num_workers"], 1)
+    template = None if cfg["chat_template"] is None else chat_template(cfg["chat_template"])
     ds = ds.repeat(None).map(DocumentEncoder(label, tokenizer, vocab_size, pad_id=pad_id,
-                                             add_bos=cfg["add_bos"]))
+                                             add_bos=cfg["add_bos"], chat_template=template))
     read = grain.ReadOptions(num_threads=read_threads,
                              prefetch_buffer_size=cfg["read_buffer_size"])
     return PackedIterDataset(ds.to_iter_dataset(read), seq_len, source_name=label,

@@ -118,6 +118,31 @@ class JsonlSource(_SpanSource):
         return {"index": index, "text": str(obj[self.text_key])}
 
 
+class ChatJsonlSource(_SpanSource):
+    """One conversation per line: {"messages": [{role, content, tool_calls?}...], "tools"?: [...]}
+    (rendered later with the pipeline's chat template; only assistant turns are trained)."""
+
+    def __init__(self, path, *, name: str = "chat_jsonl", messages_key: str = "messages",
+                 tools_key: str = "tools"):
+        super().__init__(name, resolve_paths(path), _line_spans)
+        self.messages_key, self.tools_key = messages_key, tools_key
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        line, where = self._read(index)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"source {self.name!r}: {where} is not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(self.messages_key), list):
+            keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"source {self.name!r}: {where} has no {self.messages_key!r} list "
+                             f"(found {keys}); set messages_key")
+        record: dict[str, Any] = {"index": index, "messages": obj[self.messages_key]}
+        if obj.get(self.tools_key) is not None:
+            record["tools"] = obj[self.tools_key]
+        return record
+
+
 class TextSource(_SpanSource):
     """Plain text: one document per file, per blank-line separated paragraph, or per line."""
 

@@ -79,8 +79,10 @@ def phase_model_config(model_cfg, phase) -> ml_collections.ConfigDict:
 
 def _validate_phase(name: str, phase, cfg) -> None:
     where = f"phases.{name}"
-    unknown = sorted(set(phase.keys()) - set(PHASE_DEFAULTS) - {"data", "rl"})
+    unknown = sorted(set(phase.keys()) - set(PHASE_DEFAULTS) - {"data", "rl", "sft"})
     _require(not unknown, where, f"unknown field(s) {unknown}; allowed {sorted(PHASE_DEFAULTS)}")
+    _require("sft" not in phase or phase.kind == "sft", f"{where}.sft",
+             f"only phases of kind 'sft' take an sft block (this one is {phase.kind!r})")
     _require(phase.kind in kind_names(), f"{where}.kind",
              f"{phase.kind!r} is not one of {kind_names()}")
     _require(bool(phase.get("steps", 0)) != bool(phase.get("tokens", 0)), where,

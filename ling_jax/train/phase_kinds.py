@@ -15,6 +15,7 @@ KIND_PATHS: dict[str, str] = {
     "pretrain": "ling_jax.train.phases:LMPhase",
     "midtrain": "ling_jax.train.phases:LMPhase",
     "rl": "ling_jax.rl.phase:RLPhase",
+    "sft": "ling_jax.sft.phase:SFTPhase",
 }
 _LOADED: dict[str, Any] = {}
 

@@ -38,17 +38,20 @@ def test_the_loop_imports_rl_only_when_an_experiment_names_it():
 
 def test_kinds_resolve_to_their_runner_classes():
     from ling_jax.rl.phase import RLPhase
+    from ling_jax.sft.phase import SFTPhase
     from ling_jax.train.phases import LMPhase
 
-    assert phase_kinds.kind_names() == ["midtrain", "pretrain", "rl"]
+    assert phase_kinds.kind_names() == ["midtrain", "pretrain", "rl", "sft"]
     assert phase_kinds.phase_kind("pretrain") is LMPhase
     assert phase_kinds.phase_kind("rl") is RLPhase
-    assert phase_kinds.phase_kinds() == {"midtrain": LMPhase, "pretrain": LMPhase, "rl": RLPhase}
+    assert phase_kinds.phase_kind("sft") is SFTPhase
+    assert phase_kinds.phase_kinds() == {"midtrain": LMPhase, "pretrain": LMPhase, "rl": RLPhase,
+                                         "sft": SFTPhase}
 
 
 def test_unknown_kind_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown phase kind 'sft'; choose one of \['midtrain'"):
-        phase_kinds.phase_kind("sft")
+    with pytest.raises(ValueError, match=r"unknown phase kind 'dpo'; choose one of \['midtrain'"):
+        phase_kinds.phase_kind("dpo")
 
 
 def test_an_rl_experiment_is_validated_by_the_rl_kind():
