@@ -19,8 +19,11 @@ import colab_tiny_post  # noqa: E402
 def test_phases_and_settings():
     cfg = colab_tiny_post.get_config()
     validate_experiment(cfg)
-    assert phase_names(cfg) == ["pretrain", "midtrain", "sft", "rl"]
-    assert [cfg.phases[n].kind for n in phase_names(cfg)] == ["pretrain", "midtrain", "sft", "rl"]
+    assert phase_names(cfg) == ["pretrain", "midtrain", "sft", "rl", "midtrain_code", "rl_code"]
+    assert [cfg.phases[n].kind for n in phase_names(cfg)] == ["pretrain", "midtrain", "sft", "rl",
+                                                              "midtrain", "rl"]
+    assert cfg.phases.rl_code.data.sources.code.kind == "builtin_code"
+    assert "code_function" in cfg.phases.rl_code.rl.reward_weights
     assert chat_template(cfg.tokenizer.chat_template) == chat_template("compact")
     sft = cfg.phases.sft
     assert sft.data.long_docs == "error"  # conversations are packed whole
