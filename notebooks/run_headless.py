@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags
 
+from ling_jax.cli.path_flags import DEFINE_path
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Every phase a few steps (warmups shortened to fit), checkpoints on the way, a short eval:
@@ -34,7 +36,7 @@ SMOKE = {"OVERRIDES": SMOKE_OVERRIDES, "WORKDIR": "runs/colab_tiny_notebook_ci",
 
 _NOTEBOOK = flags.DEFINE_string("notebook", str(ROOT / "notebooks" / "colab_tiny.ipynb"),
                                 "notebook to execute")
-_OUT = flags.DEFINE_string("out", None, "write the executed notebook here (default: nowhere)")
+_OUT = DEFINE_path("out", None, "write the executed notebook here (default: nowhere)")
 _SMOKE = flags.DEFINE_bool("smoke", False, "inject SMOKE: a few steps per phase")
 _PARAMS = flags.DEFINE_multi_string("param", [], "NAME=PYTHON_LITERAL, after --smoke's")
 _UNTIL = flags.DEFINE_string("until", None, "stop after the first cell with this tag")

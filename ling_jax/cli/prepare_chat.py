@@ -9,14 +9,13 @@ experiment's `tokenizer.chat_template`.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 
 from absl import flags
 
 from ling_jax.cli.errors import user_errors_exit
 from ling_jax.cli.path_flags import DEFINE_path
+from ling_jax.data.chat_encoding import prepare, read_template
 
 _INPUT = flags.DEFINE_list("input", None, "conversation JSONL files or globs")
 _TOKENIZER = DEFINE_path("tokenizer", None, "tokenizer.json (or a directory holding one)")
@@ -25,36 +24,6 @@ _TEMPLATE = flags.DEFINE_string("chat_template", None,
                                 "a preset name (ling, compact) or a JSON file of template fields")
 _MESSAGES_KEY = flags.DEFINE_string("messages_key", "messages", "field holding the turns")
 _TOOLS_KEY = flags.DEFINE_string("tools_key", "tools", "field holding the tool schemas")
-
-
-def read_template(spec: str | None):
-    """A ChatTemplate from a preset name or a JSON file of fields."""
-    from ling_jax.data.chat_template import chat_template
-
-    if spec and spec.endswith(".json"):
-        path = pathlib.Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"--chat_template: file {spec} not found")
-        return chat_template(json.loads(path.read_text()))
-    return chat_template(spec)
-
-
-def prepare(inputs: list[str], tokenizer, template, out: pathlib.Path, *,
-            messages_key: str = "messages", tools_key: str = "tools") -> int:
-    """Writes `out` (atomically) from every conversation of `inputs`; returns the count."""
-    from ling_jax.data.chat_encoding import write_chat_records
-    from ling_jax.data.sources import ChatJsonlSource
-
-    source = ChatJsonlSource(inputs, messages_key=messages_key, tools_key=tools_key)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        count = write_chat_records(tmp, (source[i] for i in range(len(source))), tokenizer,
-                                   template)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
-    return count
 
 
 @user_errors_exit

@@ -6,6 +6,9 @@ conversation).
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -91,3 +94,32 @@ def write_chat_records(path, records: Iterable[Mapping[str, Any]], tokenizer: To
             yield masks.pop()
 
     return write_token_records(path, ids_of(), masks_of())
+
+
+def read_template(spec: str | None):
+    """A ChatTemplate from a preset name or a JSON file of fields."""
+    from ling_jax.data.chat_template import chat_template
+
+    if spec and spec.endswith(".json"):
+        path = pathlib.Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"--chat_template: file {spec} not found")
+        return chat_template(json.loads(path.read_text()))
+    return chat_template(spec)
+
+
+def prepare(inputs: list[str], tokenizer, template, out: pathlib.Path, *,
+            messages_key: str = "messages", tools_key: str = "tools") -> int:
+    """Writes `out` (atomically) from every conversation of `inputs`; returns the count."""
+    from ling_jax.data.sources import ChatJsonlSource
+
+    source = ChatJsonlSource(inputs, messages_key=messages_key, tools_key=tools_key)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        count = write_chat_records(tmp, (source[i] for i in range(len(source))), tokenizer,
+                                   template)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return count

@@ -7,9 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from ling_jax.cli.prepare_chat import prepare, read_template
 from ling_jax.data.builtin import builtin_tokenizer
-from ling_jax.data.chat_encoding import encode_conversation
+from ling_jax.data.chat_encoding import encode_conversation, prepare, read_template
 from ling_jax.data.sources import ArrayRecordSource
 from tests.data.test_chat_template import random_conversation
 

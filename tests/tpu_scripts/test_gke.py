@@ -56,7 +56,7 @@ def test_tpu7x_single_slice_manifest(capsys):
                             "--workdir=gs://bucket/runs/ling-1t", "--max_steps=100",
                             "--config.checkpoint.every_steps=50"]
     assert "env" not in c  # one slice: no DCN coordinator
-    assert "512 devices" in err and "fsdp=8 × expert=64" in err
+    assert "512 devices" in err and "context=8 × expert=64" in err
 
 
 def test_multislice_v5p_manifest_sets_the_dcn_variables(capsys):
@@ -118,10 +118,11 @@ def test_create_takes_the_topology_from_the_experiment(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["manifest", *TPU7X, "--topology", "tpu7x:4x4x4"],
-     "has 128 devices (1 × 64 chips × 2 per chip) but the mesh (fsdp=8 × expert=64) uses 512"),
-    (["manifest", *V5P_2[:-3], "--", "--config.mesh.fsdp=16"],
+     "has 128 devices (1 × 64 chips × 2 per chip) but the mesh (context=8 × expert=64) uses 512"),
+    (["manifest", *V5P_2[:-3], "--", "--config.mesh.context=16"],
      "mesh.dcn_*: the DCN axes span 1 slice(s) but --num_slices is 2"),
-    (["manifest", *V5P_2[:-1]], "phases.pretrain_4k.batch_size: 18432 is not divisible"),
+    (["manifest", *V5P_2[:-1], "--config.phases.pretrain_4k.microbatches=5"],
+     "phases.pretrain_4k.batch_size: 18432 is not divisible"),
     (["manifest", *TPU7X, "--topology", "v6e:4x4x4"], "the GKE path supports ['tpu7x', 'v5p']"),
     (["manifest", *TPU7X, "--topology", "tpu7x:4x8"], "expected GENERATION:AxBxC"),
     (["manifest", *TPU7X, "--workdir", "/tmp/run"], "use a gs:// path"),

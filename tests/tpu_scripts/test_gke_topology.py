@@ -35,10 +35,10 @@ def test_bad_topologies(name, slices, message):
 
 
 def test_mesh_axis_of_minus_one_fills_the_slices():
-    # ling_mini_2: fsdp 4 × expert 4 = 16 devices; expert=-1 on tpu7x:2x2x2 (16 devices) → 4.
+    # ling_mini_2: context 4 × expert 4 = 16 devices; expert=-1 on tpu7x:2x2x2 (16 devices) → 4.
     cfg = load_experiment(MINI, ["--config.mesh.expert=-1"])
-    assert check_mesh(cfg, parse_slices("tpu7x:2x2x2")) == "fsdp=4 × expert=4"
-    assert check_mesh(cfg, parse_slices("v5p:2x2x2")) == "fsdp=4 × expert=2"
+    assert check_mesh(cfg, parse_slices("tpu7x:2x2x2")) == "context=4 × expert=4"
+    assert check_mesh(cfg, parse_slices("v5p:2x2x2")) == "context=4 × expert=2"
     cfg = load_experiment(MINI, ["--config.mesh.expert=-1", "--config.mesh.fsdp=3"])
     with pytest.raises(ValueError, match="mesh.expert=-1: 16 devices are not divisible"):
         check_mesh(cfg, parse_slices("tpu7x:2x2x2"))

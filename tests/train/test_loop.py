@@ -55,7 +55,7 @@ def test_resume_in_process_is_exact(full_run, tmp_path):
 def test_validation_names_fields_before_compile():
     cases = [
         (("phases", "pretrain", "microbatches"), 3, "phases.pretrain.batch_size"),
-        (("phases", "pretrain", "kind"), "sft", "phases.pretrain.kind: 'sft' is not one of"),
+        (("phases", "pretrain", "kind"), "dpo", "phases.pretrain.kind: 'dpo' is not one of"),
         (("phases", "pretrain", "seq_len"), 10**6, "phases.pretrain.seq_len"),
         (("phases", "midtrain", "lr", "kind"), "exp", "phases.midtrain.lr"),
         (("model", "num_experts"), 7, "num_experts"),
