@@ -38,6 +38,13 @@ from ling_jax.rl.phase_optimizer import (
     with_hyperparams,
 )
 from ling_jax.rl.plots import plot_rl
+from ling_jax.rl.process_groups import (
+    own_groups,
+    place,
+    place_prompts,
+    process_rows,
+    share_scores,
+)
 from ling_jax.rl.reference import REFERENCE_DIR, reference_policy
 from ling_jax.rl.rollout import (
     Rollouts,
@@ -53,7 +60,7 @@ from ling_jax.rl.tasks import get_task
 from ling_jax.rl.update import UpdateConfig, minibatch_order
 from ling_jax.train.balancing import load_metrics
 from ling_jax.train.experiment import ExperimentError, phase_model_config, phase_steps
-from ling_jax.train.multihost import gather_json, host_value
+from ling_jax.train.multihost import host_value
 from ling_jax.train.phases import PhaseContext, phase_seed
 
 __all__ = ["REFERENCE_DIR", "RLPhase", "optimizer_config", "with_hyperparams"]
@@ -223,12 +230,13 @@ class RLPhase:
         rl, stage = self.rl, stage_at(self.stages, k)
         problems = self.problems(k)
         n = self.prompts_per_step * self.group_size
-        rows = self._rows(n)
+        rows = process_rows(self.batch_rows, n, self.group_size, self.name)
         # 1. rollout: G samples of each of the P prompts from the current policy
         ids, lengths = encode_prompts(self.tokenizer, [p.prompt for p in problems],
                                       self.max_prompt, self.pad_id)
         t0 = time.perf_counter()
-        prompt = self._place_prompts(ids, lengths, rows)
+        prompt = place_prompts(self.place_batch, self.batch_rows, ids, lengths, rows,
+                               self.group_size, self.name)
         out = self._generate(state["params"], state["biases"], prompt["ids"], prompt["lengths"],
                              key, jnp.int32(stage.max_response_tokens))
         ids, lengths = (np.repeat(x, self.group_size, axis=0) for x in (ids, lengths))
@@ -240,7 +248,7 @@ class RLPhase:
         # 3. advantage: group z-scores, laid out with the sentence ids as the update's batch
         sids = sentence_ids(rollouts, self.tokenizer, rl["pause_chars"], rl["objective"] == "lpo")
         full = training_batch(rollouts, rewards, sids, rl["advantage_eps"])
-        batch = self._place({f: x[rows] for f, x in full.items()})
+        batch = place(self.place_batch, {f: x[rows] for f, x in full.items()})
         # 4. log π_old (and log π_ref) by the training forward; the update follows in step()
         inputs = {f: batch[f] for f in ("tokens", "positions", "segment_ids", "response")}
         batch["logp_old"], entropy = self._score(state["params"], state["biases"], inputs)
@@ -252,63 +260,17 @@ class RLPhase:
                                          components, seen, host_value(entropy), stage, correct),
                        "time_generate": time_generate}
 
-    def _rows(self, n: int) -> np.ndarray:
-        """The rollout rows this process generates (ascending): whole groups."""
-        rows = np.asarray(self.batch_rows(n) if self.batch_rows else range(n), np.int64)
-        groups = np.unique(rows // self.group_size)
-        if rows.size != groups.size * self.group_size:
-            raise ValueError(f"phases.{self.name}: a process holds part of a group of "
-                             f"{self.group_size} rollouts; make group_size × batch_size rows "
-                             "split into whole groups per batch shard")
-        return rows
-
-    def _place_prompts(self, ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> dict:
-        """The sampler's [P, ...] prompt inputs (it decodes G samples of each): with several
-        processes, each passes the prompts of its own groups."""
-        if jax.process_count() == 1:
-            return {"ids": jnp.asarray(ids), "lengths": jnp.asarray(lengths)}
-        groups = np.unique(rows // self.group_size)
-        if not np.array_equal(groups, np.asarray(self.batch_rows(len(ids)))):
-            raise ValueError(f"phases.{self.name}.batch_size={len(ids)} prompts must split evenly "
-                             "over the batch shards of the mesh when several processes sample")
-        return self._place({"ids": ids[groups], "lengths": lengths[groups]})
-
-    def _place(self, batch: dict) -> dict:
-        """Host arrays of this process's rows -> the step's inputs (global arrays on a mesh)."""
-        if self.place_batch is None:
-            return {f: jnp.asarray(x) for f, x in batch.items()}
-        return self.place_batch(batch)
-
     def _rewards(self, rollouts: Rollouts, problems, rows: np.ndarray, stage):
-        """[P, G] rewards and components, and [N] correct; this process scores the groups of
-        `rows` (code runs in the sandbox once), then every process gets every group's (a no-op
-        with one process)."""
-        g = self.group_size
-        mine = [int(p) for p in np.unique(rows // g)]
-        local_rows = np.concatenate([np.arange(p * g, (p + 1) * g) for p in mine])
-        local, local_problems = take_rows(rollouts, local_rows), [problems[p] for p in mine]
-        rewards, components = score_rollouts(local, local_problems, g, self.rl["reward_weights"],
-                                             self.rl["reward_params"], stage.length_alpha,
-                                             self.task)
-        repeated = [p for p in local_problems for _ in range(g)]
+        """[P, G] rewards and components, and [N] correct: this process scores its own groups,
+        then every process gets every group's (rl/process_groups.py)."""
+        groups, own_rows = own_groups(rows, self.group_size)
+        local, local_problems = take_rows(rollouts, own_rows), [problems[p] for p in groups]
+        rewards, components = score_rollouts(local, local_problems, self.group_size,
+                                             self.rl["reward_weights"], self.rl["reward_params"],
+                                             stage.length_alpha, self.task)
+        repeated = [p for p in local_problems for _ in range(self.group_size)]
         correct = np.asarray(self.task.correct(local.texts, repeated, **self.sandbox), bool)
-        if jax.process_count() == 1 and len(mine) == len(problems):
-            return rewards, components, correct
-        full_r = np.zeros((len(problems), g), np.float64)
-        full_c = {name: np.zeros((len(problems), g), np.float64) for name in components}
-        full_ok = np.zeros((len(problems), g), bool)
-        shared = gather_json({"groups": mine, "rewards": np.asarray(rewards).tolist(),
-                              "correct": correct.reshape(-1, g).tolist(),
-                              "components": {c: np.asarray(v).tolist()
-                                             for c, v in components.items()}})
-        for part in shared:
-            full_r[part["groups"]] = part["rewards"]
-            full_ok[part["groups"]] = part["correct"]
-            for name, v in part["components"].items():
-                full_c[name][part["groups"]] = v
-        return full_r.astype(np.asarray(rewards).dtype), {
-            c: v.astype(np.asarray(components[c]).dtype) for c, v in full_c.items()
-        }, full_ok.reshape(-1)
+        return share_scores(groups, len(problems), rewards, components, correct)
 
     def _reference(self, state: dict, step_in_phase: int):
         """(params, biases) of the phase start (kl_beta > 0), kept under the workdir."""
