@@ -5,7 +5,9 @@ each of its writer threads before re-raising it to the caller, and tensorstore's
 callbacks then hit orbax's closed event loop and print `RuntimeError: Event loop is closed` as
 unraisable exceptions, one per chunk: a full disk read as ~1,200 lines and 150 tracebacks. Both
 are echoes of the error the store raises (and the CLI reports, naming the path), so the CLI drops
-them; every other record and unraisable exception passes through unchanged.
+them, and so does it asyncio's "exception was never retrieved" records of orbax's write futures
+(logged when the loop is collected); every other record and unraisable exception passes through
+unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ class _OrbaxErrorEchoes(logging.Filter):
         return not (record.levelno >= logging.ERROR and _ORBAX_DIR in (record.pathname or ""))
 
 
+class _OrbaxFutureEchoes(logging.Filter):
+    """Drops asyncio's 'exception was never retrieved' records of exceptions raised in orbax."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "never retrieved" not in record.getMessage():
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        tb = error.__traceback__ if error is not None else None
+        while tb is not None:
+            if _ORBAX_DIR in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
 def _is_closed_loop_echo(unraisable) -> bool:
     return (unraisable.exc_type is RuntimeError
             and str(unraisable.exc_value) == "Event loop is closed")
@@ -34,6 +51,9 @@ def install() -> None:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _OrbaxErrorEchoes) for f in logger.filters):
         logger.addFilter(_OrbaxErrorEchoes())
+    loop_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxFutureEchoes) for f in loop_logger.filters):
+        loop_logger.addFilter(_OrbaxFutureEchoes())
     previous = sys.unraisablehook
     if getattr(previous, "_ling_jax_quiet", False):
         return

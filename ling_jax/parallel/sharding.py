@@ -132,6 +132,11 @@ class ShardingPlan:
         return NamedSharding(self.mesh, logical_to_spec(("batch", "seq"), self.rules, None,
                                                         dict(self.mesh.shape)))
 
+    def batch_of_rank(self, ndim: int) -> NamedSharding:
+        """`batch` for an array of `ndim` dimensions (e.g. [B] per-row values: rows only)."""
+        spec = tuple(self.batch.spec)[:ndim]
+        return NamedSharding(self.mesh, P(*spec))
+
     @property
     def context_shards(self) -> int:
         """Ways the sequence is split (context parallelism; 1: off)."""
@@ -197,14 +202,14 @@ class ShardingPlan:
         total = int(np.prod([self.mesh.shape[a] for a in axes_of("batch", self.rules,
                                                                   dict(self.mesh.shape))]))
         local = {idx[0].indices(total) for idx in
-                 self.batch.addressable_devices_indices_map((total,)).values()}
+                 self.batch_of_rank(1).addressable_devices_indices_map((total,)).values()}
         return total, len(local)
 
     def local_rows(self, batch_size: int) -> list[int]:
         """Rows of a global batch of `batch_size` that this process's devices hold (ascending):
         the rows its data pipeline reads."""
         rows: set[int] = set()
-        for index in self.batch.addressable_devices_indices_map((batch_size,)).values():
+        for index in self.batch_of_rank(1).addressable_devices_indices_map((batch_size,)).values():
             rows.update(range(*index[0].indices(batch_size)))
         return sorted(rows)
 
@@ -212,14 +217,14 @@ class ShardingPlan:
         """Host batch → global arrays (multi-host: each process passes its own rows, those of
         `local_rows`, in ascending order)."""
         if jax.process_count() == 1:
-            return jax.device_put(batch, self.batch)
+            return jax.tree.map(lambda x: jax.device_put(x, self.batch_of_rank(x.ndim)), batch)
         total, local = self._batch_shards()
 
         def one(x):
             size = x.shape[0] * total // local
             where = {r: i for i, r in enumerate(self.local_rows(size))}
             return jax.make_array_from_callback(
-                (size, *x.shape[1:]), self.batch,
+                (size, *x.shape[1:]), self.batch_of_rank(x.ndim),
                 lambda index: x[[where[r] for r in range(*index[0].indices(size))]][
                     (slice(None), *index[1:])])
 
