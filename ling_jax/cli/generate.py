@@ -47,18 +47,23 @@ _ATTENTION = flags.DEFINE_string("attention_backend", None,
                                  "(memory linear in the prompt length); default: the model's")
 
 
+def _run_files(name: str, hf_dir: str | None, checkpoint: str | None) -> list[pathlib.Path]:
+    """Where a run keeps `name`: in the HF directory, or in / beside the model checkpoint (a train
+    run's final_model sits in the workdir)."""
+    files = [pathlib.Path(hf_dir) / name] if hf_dir else []
+    if checkpoint:
+        path = pathlib.Path(checkpoint).absolute()
+        files += [path / name, path.parent / name]
+    return files
+
+
 def find_tokenizer(explicit: str | None, hf_dir: str | None, checkpoint: str | None):
     """The tokenizer to use (see the module doc); ValueError says where it looked."""
     from ling_jax.data.tokenizers import load_tokenizer
 
     if explicit:
         return load_tokenizer(explicit)
-    candidates = []
-    if hf_dir:
-        candidates.append(pathlib.Path(hf_dir) / "tokenizer.json")
-    if checkpoint:
-        path = pathlib.Path(checkpoint).absolute()
-        candidates += [path / "tokenizer.json", path.parent / "tokenizer.json"]
+    candidates = _run_files("tokenizer.json", hf_dir, checkpoint)
     for file in candidates:
         if file.is_file():
             return load_tokenizer(file)
@@ -70,22 +75,14 @@ def find_chat_template(explicit: str | None, hf_dir: str | None, checkpoint: str
     """The chat template for --chat (see the module doc)."""
     import json
 
+    from ling_jax.data.chat_encoding import read_template
     from ling_jax.data.chat_template import chat_template
 
-    if explicit and not explicit.endswith(".json"):
-        return chat_template(explicit)
-    files = [pathlib.Path(explicit)] if explicit else []
-    if not explicit:
-        if hf_dir:
-            files.append(pathlib.Path(hf_dir) / "chat_template.json")
-        if checkpoint:
-            path = pathlib.Path(checkpoint).absolute()
-            files += [path / "chat_template.json", path.parent / "chat_template.json"]
-    for file in files:
+    if explicit:  # a preset name or a JSON file of fields
+        return read_template(explicit)
+    for file in _run_files("chat_template.json", hf_dir, checkpoint):
         if file.is_file():
             return chat_template(json.loads(file.read_text()))
-    if explicit:
-        raise FileNotFoundError(f"--chat_template: file {explicit} not found")
     return chat_template(None)
 
 
