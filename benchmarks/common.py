@@ -147,3 +147,17 @@ def ratio_line(what: str, ours: float, theirs: float | None, unit: str, goal: fl
     verdict = "reached" if r >= goal else "NOT reached"
     return (f"{what}: ling-jax {ours:,.0f} {unit}  upstream {theirs:,.0f} {unit}  "
             f"ratio {r:.2f}x (goal >= {goal:g}x: {verdict})")
+
+
+def add_upstream(enabled: bool, make, fns: list, names: list, warm_up=None) -> str | None:
+    """Builds the upstream side with `make()` -> (callable or None, reason), warms it up
+    (`warm_up(run)`, default one call) and appends it to the timed sides; returns why it is
+    missing, or None."""
+    if not enabled:
+        return "upstream disabled (--upstream=false)"
+    run, reason = make()
+    if run is not None:
+        (warm_up or (lambda f: f()))(run)
+        fns.append(run)
+        names.append("upstream")
+    return reason

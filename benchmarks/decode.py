@@ -97,13 +97,10 @@ def main(argv) -> None:
     new_flops = flops.training_flops_per_token(cfg, context, include_mtp=False) / 3 * batch * new
     fns, names = [ours(cfg, prompts, new)], ["ling-jax"]
     fns[0]()  # compile
-    reason = "upstream disabled (--upstream=false)"
-    if _UPSTREAM.value:
-        run, reason = upstream(cfg, prompts, new, _DTYPE.value)
-        if run is not None:
-            run(2)  # warm-up (eager: nothing to compile, so a short one)
-            fns.append(run)
-            names.append("upstream")
+    # Upstream is eager (nothing to compile): a short warm-up.
+    reason = common.add_upstream(_UPSTREAM.value,
+                                 lambda: upstream(cfg, prompts, new, _DTYPE.value), fns, names,
+                                 warm_up=lambda f: f(2))
     times = common.alternate(fns, _REPEATS.value)
     for name, t in zip(names, times, strict=True):
         print(f"  {name:<9} {t.median:7.2f} s ({t.spread()})  {batch * new / t.median:8,.0f} "

@@ -77,13 +77,7 @@ def main(argv) -> None:
           f"{common.machine_load()}")
     fns, names = [ours(cfg, ids)], ["ling-jax"]
     fns[0]()  # compile
-    reason = "upstream disabled (--upstream=false)"
-    if _UPSTREAM.value:
-        run, reason = upstream(cfg, ids, _DTYPE.value)
-        if run is not None:
-            run()  # warm-up
-            fns.append(run)
-            names.append("upstream")
+    reason = common.add_upstream(_UPSTREAM.value, lambda: upstream(cfg, ids, _DTYPE.value), fns, names)
     times = common.alternate(fns, _REPEATS.value)
     tokens = batch * length
     fwd_flops = flops.training_flops_per_step(cfg, length, tokens, include_mtp=False) / 3

@@ -117,13 +117,7 @@ def bench(name: str, peak: common.Peak) -> None:
     t0 = time.perf_counter()
     run()
     compile_s = time.perf_counter() - t0
-    reason = "upstream disabled (--upstream=false)"
-    if _UPSTREAM.value:
-        theirs, reason = upstream(cfg, batch, length)
-        if theirs is not None:
-            theirs()  # warm-up
-            fns.append(theirs)
-            names.append("upstream")
+    reason = common.add_upstream(_UPSTREAM.value, lambda: upstream(cfg, batch, length), fns, names)
     times = common.alternate(fns, _STEPS.value)
     tokens = batch * length
     step_flops = flops.training_flops_per_step(cfg, length, tokens)
