@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 
 from ling_jax.ops import attention_registry as registry
-from ling_jax.ops.attention_context import active, context_parallel_attention
+from ling_jax.ops.attention_context import RING_BACKENDS, active, context_parallel_attention
 from ling_jax.ops.attention_core import dot_product_attention
 from ling_jax.ops.attention_mask import AttentionMask, dense_mask
 from ling_jax.ops.attention_splash import splash_attention
@@ -35,7 +35,11 @@ def attend(backend: str, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q
            block_kv: int) -> jax.Array:
     """Attention through the named backend (context-parallel when the mesh has a context axis)."""
     fn = registry.get(backend)
-    if active() is not None:
+    hit = active()
+    if hit is not None:
+        if hit[0].exchange == "ring" and backend not in RING_BACKENDS:
+            raise ValueError(f"context_exchange 'ring' runs the {sorted(RING_BACKENDS)} kernels; "
+                             f"attention_backend {backend!r} needs context_exchange 'all_gather'")
         return context_parallel_attention(fn, q_BTNH, k_BSKH, v_BSKH, mask, block_q=block_q,
                                           block_kv=block_kv,
                                           static_offsets=backend in STATIC_OFFSET_BACKENDS)

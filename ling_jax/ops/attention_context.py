@@ -3,12 +3,14 @@
 With C shards the sequence is cut into 2C chunks and shard j holds chunks j and 2C-1-j (the
 model permutes its tokens into this order, `sequence_order`; everything but attention is
 per-token, and positions travel with the tokens). Causal attention then costs every shard the
-same: chunk j sees j+1 chunks of keys, chunk 2C-1-j sees 2C-j, 2C+1 in all. Attention gathers K/V
-(and their segment ids) over the axis inside `shard_map`, restores natural order and runs the
-named backend once per local chunk with that chunk's causal offset (`tiled` skips the key blocks
-past it; `splash` takes static offsets, so it gets one branch per shard index). Backward:
-autodiff of all_gather is a reduce-scatter of dK/dV. The mesh comes from `jax.set_mesh`, the axis
-names from `context_settings(...)` (parallel/ sets both); without them nothing changes.
+same: chunk j sees j+1 chunks of keys, chunk 2C-1-j sees 2C-j, 2C+1 in all. Exchange
+`all_gather` gathers K/V (and their segment ids) over the axis inside `shard_map`, restores
+natural order and runs the named backend once per local chunk with that chunk's causal offset
+(`tiled` skips the key blocks past it; `splash` takes static offsets, so it gets one branch per
+shard index); autodiff of all_gather is a reduce-scatter of dK/dV. Exchange `ring` passes K/V
+blocks round the axis instead (attention_ring.py), holding one block at a time. The mesh comes
+from `jax.set_mesh`, the axis names from `context_settings(...)` (parallel/ sets both); without
+them nothing changes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from ling_jax.ops.attention_mask import AttentionMask
+from ling_jax.ops.attention_ring import ring_local_attention
+
+# How K/V reach every shard (mesh field `context_exchange`): all-gathered at once, or passed
+# round a ring one block at a time (attention_ring.py; runs the `tiled` kernels).
+EXCHANGES = ("all_gather", "ring")
+RING_BACKENDS = frozenset({"tiled"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +43,7 @@ class ContextSettings:
     axis: str = "context"
     batch_axes: tuple[str, ...] = ()
     head_axes: tuple[str, ...] = ()
+    exchange: str = "all_gather"  # how K/V reach every shard: one of EXCHANGES
 
 
 _SETTINGS: contextvars.ContextVar[ContextSettings | None] = contextvars.ContextVar(
@@ -126,9 +135,14 @@ def context_parallel_attention(backend: Callable, q_BTNH, k_BSKH, v_BSKH, mask: 
     heads = _axes(settings.head_axes, mesh, math.gcd(num_heads, num_kv))
     seq = P(b, settings.axis)
     qkv = P(b, settings.axis, heads, None)
-    body = functools.partial(_local_attention, backend=backend, axis=settings.axis, shards=shards,
-                             static_offsets=static_offsets,
-                             blocks=dict(block_q=block_q, block_kv=block_kv))
+    blocks = dict(block_q=block_q, block_kv=block_kv)
+    if settings.exchange == "ring":
+        body = functools.partial(ring_local_attention, axis=settings.axis, shards=shards, **blocks)
+    elif settings.exchange == "all_gather":
+        body = functools.partial(_local_attention, backend=backend, axis=settings.axis,
+                                 shards=shards, static_offsets=static_offsets, blocks=blocks)
+    else:
+        raise ValueError(f"context exchange {settings.exchange!r} is not one of {EXCHANGES}")
     fn = jax.shard_map(body, mesh=mesh, in_specs=(qkv, qkv, qkv, seq, seq), out_specs=qkv,
                        check_vma=False)
     return fn(q_BTNH, k_BSKH, v_BSKH, mask.q_segment_BT, mask.kv_segment_BS)

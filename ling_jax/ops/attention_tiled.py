@@ -83,23 +83,33 @@ def _forward(q, k, v, mask, bq, bkv):
     return jax.lax.fori_loop(0, nq, query_block, (out, lse))
 
 
-def _to_btkgh(out, q):
-    return out[:, :, : q.shape[1]].transpose(0, 2, 1, 3, 4)
+def partial_forward(q, k, v, mask, bq, bkv):
+    """(out fp32 [B,K,T,G,H], lse [B,K,T,G]) of q [B,T,K,G,H] over these keys only: ring
+    attention merges such partial results by their log-sum-exps."""
+    out, lse = _forward(q, k, v, mask, bq, bkv)
+    return out[:, :, : q.shape[1]], lse[:, :, : q.shape[1]]
+
+
+def _to_btkgh(out_BKTGH):
+    return out_BKTGH.transpose(0, 2, 1, 3, 4)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _attend(q, k, v, mask, bq, bkv):
-    return _to_btkgh(_forward(q, k, v, mask, bq, bkv)[0], q).astype(v.dtype)
+    return _to_btkgh(partial_forward(q, k, v, mask, bq, bkv)[0]).astype(v.dtype)
 
 
 def _attend_fwd(q, k, v, mask, bq, bkv):
-    out, lse = _forward(q, k, v, mask, bq, bkv)
-    return _to_btkgh(out, q).astype(v.dtype), (q, k, v, mask, out, lse)
+    out, lse = partial_forward(q, k, v, mask, bq, bkv)
+    return _to_btkgh(out).astype(v.dtype), (q, k, v, mask, out, lse)
 
 
-def _attend_bwd(bq, bkv, residuals, d_out):
-    q, k, v, mask, out, lse = residuals
+def partial_backward(q, k, v, mask, out, lse, d_out, bq, bkv):
+    """fp32 (dq [B,T,K,G,H], dk, dv [B,S,K,H]) of these keys' share of attention, given the
+    output and lse over ALL keys (out [B,K,T,G,H], lse [B,K,T,G]) and d_out [B,T,K,G,H]: with the
+    full row's lse, P = exp(S - lse) is this block's slice of the full softmax."""
     qp, kp, vp, qseg, kseg, nq, nk = _padded(q, k, v, mask, bq, bkv)
+    out, lse = _pad(out, 2, nq * bq), _pad(lse, 2, nq * bq)
     scale = 1 / math.sqrt(q.shape[-1])
     d_out = _pad(d_out.astype(v.dtype), 1, nq * bq)  # [B,Tp,K,G,H]
     delta = jnp.einsum("btkgh,bktgh->bktg", d_out.astype(jnp.float32), out)  # rowsum(dO∘O)
@@ -132,7 +142,13 @@ def _attend_bwd(bq, bkv, residuals, d_out):
     dq, dk, dv = jax.lax.fori_loop(0, nk, key_block, (dq, dkv, dkv))
     keys = k.shape[1]
     dk, dv = (a[:, :, :keys].transpose(0, 2, 1, 3) for a in (dk, dv))
-    return _to_btkgh(dq, q).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return _to_btkgh(dq[:, :, : q.shape[1]]), dk, dv
+
+
+def _attend_bwd(bq, bkv, residuals, d_out):
+    q, k, v, mask, out, lse = residuals
+    dq, dk, dv = partial_backward(q, k, v, mask, out, lse, d_out, bq, bkv)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

@@ -4,11 +4,13 @@
                 pipeline=1,
                 dcn_data=2,                                            # DCN (multi-slice) sizes
                 rules="fsdp_ep", repeats=1, pipeline_microbatches=0,   # rules, pipeline schedule
-                capacity_factor=0.0, ep_local_backend="blocked")       # expert parallelism
+                capacity_factor=0.0, ep_local_backend="blocked",       # expert parallelism
+                context_exchange="all_gather")                         # context parallelism
 Each axis spans ICI size × DCN size devices. The axis order puts `tensor` innermost (fastest
 links) and `pipeline` outermost; `context` (context parallelism: the sequence sharded, K/V
-gathered in attention) sits between fsdp and expert. Axis types are Auto: jit propagates shardings between the
-in/out shardings and the constraints we set.
+all-gathered or passed round a ring in attention, `context_exchange`) sits between fsdp and
+expert. Axis types are Auto: jit propagates shardings between the in/out shardings and the
+constraints we set.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from ling_jax.ops.attention_context import EXCHANGES, RING_BACKENDS
 from ling_jax.parallel.rules import RULE_SETS, get_rules, shard_count
 
 MESH_AXES = ("pipeline", "data", "fsdp", "context", "expert", "tensor")
@@ -36,6 +39,7 @@ MESH_DEFAULTS: dict[str, Any] = {
     "pipeline_microbatches": 0,  # 0: 2 × stages
     "capacity_factor": 0.0,  # expert parallelism: 0 = dropless
     "ep_local_backend": "blocked",  # grouped compute on each device's received rows
+    "context_exchange": "all_gather",  # K/V over the context axis: all_gather | ring
 }
 
 
@@ -52,6 +56,7 @@ class MeshSpec:
     pipeline_microbatches: int = 0
     capacity_factor: float = 0.0
     ep_local_backend: str = "blocked"
+    context_exchange: str = "all_gather"
 
     @property
     def shape(self) -> dict[str, int]:
@@ -110,7 +115,8 @@ def mesh_spec(cfg: Any, device_count: int | None = None) -> MeshSpec:
         ici[fill[0]] = device_count // rest
     spec = MeshSpec(ici, dcn, str(_field(cfg, "rules")), int(_field(cfg, "repeats")),
                     int(_field(cfg, "pipeline_microbatches")),
-                    float(_field(cfg, "capacity_factor")), str(_field(cfg, "ep_local_backend")))
+                    float(_field(cfg, "capacity_factor")), str(_field(cfg, "ep_local_backend")),
+                    str(_field(cfg, "context_exchange")))
     get_rules(spec.rules)  # unknown name → MeshError-like ValueError naming mesh.rules
     return spec
 
@@ -153,6 +159,11 @@ def validate_mesh(spec: MeshSpec, model_cfg: Any, *, device_count: int | None = 
     _check(not spec.ep_local_backend.startswith("ep_"),
            f"mesh.ep_local_backend: {spec.ep_local_backend!r} must be a local backend "
            "(blocked, ragged_dot, ...), not an expert-parallel one")
+    _check(spec.context_exchange in EXCHANGES,
+           f"mesh.context_exchange: {spec.context_exchange!r} is not one of {list(EXCHANGES)}")
+    _check(spec.context_exchange != "ring" or model_cfg.attention_backend in RING_BACKENDS,
+           f"mesh.context_exchange: 'ring' runs the {sorted(RING_BACKENDS)} attention kernels; set "
+           f"model.attention_backend to one of them or context_exchange='all_gather'")
     context = shard_count("seq", get_rules(spec.rules), shape)
     _check(context == 1 or stages == 1,
            f"mesh.context: context parallelism ({context}) does not run inside the pipeline "

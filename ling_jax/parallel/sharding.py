@@ -165,7 +165,8 @@ class ShardingPlan:
         if len(seq) > 1:
             raise ValueError(f"mesh.rules: the sequence may be sharded over one axis, got {seq}")
         return ContextSettings(axis=seq[0], batch_axes=axes_of("batch", self.rules, shape),
-                               head_axes=axes_of("heads", self.rules, shape))
+                               head_axes=axes_of("heads", self.rules, shape),
+                               exchange=spec.context_exchange if (spec := self.spec) else "all_gather")
 
     def _activation_spec(self, axes: tuple[str | None, ...]) -> P:
         """Activations follow the batch and sequence rules only (weights' rules do not apply)."""

@@ -49,21 +49,31 @@ def test_zigzag_order_balances_causal_work():
         zigzag_order(12, 4)
 
 
-@pytest.mark.parametrize("backend,axes", [("reference", dict(data=2, context=4)),
-                                          ("tiled", dict(data=2, context=2, tensor=2))])
-def test_matches_one_device(backend, axes):
+@pytest.mark.parametrize("backend,axes,exchange", [
+    ("reference", dict(data=2, context=4), "all_gather"),
+    ("tiled", dict(data=2, context=2, tensor=2), "all_gather"),
+    ("tiled", dict(data=2, context=4), "ring"),
+    ("tiled", dict(data=2, context=2, tensor=2), "ring"),
+])
+def test_matches_one_device(backend, axes, exchange):
     q, k, v, seg = _inputs()
     weights = np.cos(np.arange(q.size)).reshape(q.shape).astype(np.float32)  # output cotangent
     want_out, want_grads = jax.jit(lambda *a: _loss_and_grads("reference", *a))(q, k, v, seg,
                                                                                  weights)
     mesh = jax.make_mesh(tuple(axes.values()), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
-    settings = ContextSettings("context", ("data",), ("tensor",) if "tensor" in axes else ())
+    settings = ContextSettings("context", ("data",), ("tensor",) if "tensor" in axes else (),
+                               exchange=exchange)
     with jax.set_mesh(mesh), context_settings(settings):
         order = sequence_order(T)
         assert order is not None and len(order) == T
         zz = lambda a: a[:, order]
-        got_out, got_grads = jax.jit(lambda *a: _loss_and_grads(backend, *a))(
-            *(zz(a) for a in (q, k, v, seg, weights)))
+        fn = jax.jit(lambda *a: _loss_and_grads(backend, *a))
+        args = [zz(a) for a in (q, k, v, seg, weights)]
+        got_out, got_grads = fn(*args)
+        text = fn.lower(*args).as_text()
+    # The ring moves K/V by collective permute only; all_gather's backward is a reduce-scatter.
+    ring = exchange == "ring"
+    assert ("collective_permute" in text) == ring and ("all_gather" in text) != ring
     back = np.argsort(order)
     assert _rel(want_out, np.asarray(got_out)[:, back]) <= 1e-5
     for name, a, b in zip("qkv", want_grads, got_grads, strict=True):

@@ -80,6 +80,14 @@ def test_context4_data2_gradients_match_one_device():
 
 
 @pytest.mark.slow
+def test_context4_data2_ring_gradients_match_one_device():
+    plan, out, _, _ = _sharded(dict(context=4, data=2, context_exchange="ring"), "blocked",
+                               "tiled", 0)
+    assert plan.context_settings().exchange == "ring"
+    _assert_grads_match(_reference("tiled", 0)[1], out)
+
+
+@pytest.mark.slow
 def test_context2_expert2_data2_three_steps_match_one_device():
     mesh = dict(context=2, expert=2, data=2)
     _, want, ref_state, ref_metrics = _reference("reference", 3)

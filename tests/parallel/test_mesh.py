@@ -38,6 +38,10 @@ def test_make_mesh_axes_and_hybrid_layout():
     (dict(context=4, data=2), [("long", 8, 1, 4100)], "phases.long.seq_len: 4100 is not "
                                                       "divisible by 2 × mesh.context (8)"),
     (dict(context=2, pipeline=2, data=2), (), "mesh.context: context parallelism (2) does not"),
+    (dict(context=4, data=2, context_exchange="rings"), (), "mesh.context_exchange: 'rings' is "
+                                                           "not one of"),
+    (dict(context=4, data=2, context_exchange="ring"), (), "mesh.context_exchange: 'ring' runs "
+                                                          "the"),
 ])
 def test_validation_names_the_field(mesh, phases, needle):
     cfg = get_preset("ling_mini_2")  # 256 experts, 16 heads, 4 kv heads, 19 MoE layers
