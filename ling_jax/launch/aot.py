@@ -4,8 +4,9 @@
 devices; the train step is lowered on ShapeDtypeStructs carrying the plan's shardings (nothing is
 allocated) and compiled by libtpu. XLA's memory analysis then gives per-device bytes:
     peak ≈ arguments + outputs − aliased (donated state) + temporaries + generated code
-and cost analysis the FLOPs and bytes accessed per device. The compiled HLO gives the collective
-bytes per step and, with the chip's published figures, an estimated step time and MFU bound
+and cost analysis the FLOPs and bytes accessed per device. The compiled HLO (read from XLA's
+dump, since libtpu cannot print every TPU program: launch/hlo_dump.py) gives the collective bytes
+per step and, with the chip's published figures, an estimated step time and MFU bound
 (launch/step_estimate.py, launch/chips.py). Splash attention is lowered for Mosaic (TPU).
 Topology names look like `v5p:8x16x16` or `tpu7x:4x4x8`.
 """
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from ling_jax.launch import step_estimate
 from ling_jax.launch.chips import chip_for_kind
+from ling_jax.launch.hlo_dump import compile_with_hlo
 from ling_jax.ops.attention_splash import mosaic_lowering
 from ling_jax.parallel.pipeline import bubble_fraction
 from ling_jax.parallel.sharding import ShardingPlan, plan_for_experiment
@@ -132,13 +134,14 @@ def _memory(report: AotReport, compiled, lowered) -> None:
     report.collectives = _collectives(lowered)
 
 
-def _estimate(report: AotReport, compiled) -> None:
-    """Collective bytes from the compiled HLO and the step-time estimate for the chip."""
+def _estimate(report: AotReport, compiled, hlo: str | None) -> None:
+    """Collective bytes from the compiled HLO (XLA's dump, else printed) and the step-time
+    estimate for the chip."""
     chip = chip_for_kind(report.device_kind)
     try:
-        hlo = compiled.as_text()
+        hlo = hlo if hlo is not None else compiled.as_text()
     except Exception as e:  # noqa: BLE001 - printing is best effort; the compile succeeded
-        # libtpu cannot print some programs (ragged all-to-all's async ops): compute time only.
+        # libtpu cannot print some programs (async-update ops) and wrote no dump: compute only.
         if chip is not None:
             report.estimate = dataclasses.asdict(step_estimate.estimate(
                 chip, report.model_flops_per_device, 0.0))
@@ -188,7 +191,7 @@ def compile_train_step(cfg, devices: list[Any], *, topology: str = "", num_slice
         with plan.context(), (mosaic_lowering() if tpu else contextlib.nullcontext()):
             lowered = plan.jit_step(fn).lower(plan.abstract(abstract),
                                               abstract_batch(plan, ph.batch_size, ph.seq_len))
-            compiled = lowered.compile()
+            compiled, hlo = compile_with_hlo(lowered)
     except Exception as e:  # XLA reports OOM as a runtime error: turn it into a result
         if not any(m in str(e) for m in _OOM_MARKERS):
             raise
@@ -197,7 +200,7 @@ def compile_train_step(cfg, devices: list[Any], *, topology: str = "", num_slice
         return report
     report.compile_seconds = time.perf_counter() - t0
     _memory(report, compiled, lowered)
-    _estimate(report, compiled)
+    _estimate(report, compiled, hlo)
     if report.hbm_bytes:
         report.fits = report.peak_bytes <= report.hbm_bytes
     return report

@@ -21,6 +21,8 @@ def test_ragged_all_to_all_train_step_compiles_for_v5p():
     assert report.devices == 4 and report.device_kind.startswith("TPU v5")
     assert report.fits and 0 < report.peak_bytes < 1e9
     assert report.collectives["ragged-all-to-all"] > 0  # the EP transport (forward, backward)
+    # as_text() cannot print this program on libtpu; the bytes come from XLA's HLO dump.
+    assert report.collective_bytes["ragged-all-to-all"] > 0 and "error" not in report.estimate
     assert report.flops_per_device > 0.5 * report.model_flops_per_device
 
 
@@ -86,3 +88,17 @@ def test_context_parallel_splash_step_compiles_with_estimate():
     est = report.estimate
     assert est["chip"] == "v5p" and est["compute_seconds"] > 0 and 0 < est["mfu_bound"] <= 1
     assert est["step_seconds_serial"] >= est["step_seconds_bound"] > 0
+
+
+@pytest.mark.slow
+def test_context_parallel_ring_exchange_lowers_to_collective_permutes():
+    from tests.parallel.helpers import small_cfg
+
+    cfg = small_cfg(dict(context=4, context_exchange="ring"))
+    cfg.model.attention_backend = "tiled"
+    report = compile_train_step(cfg, topology_devices("v5p:2x2x1"), topology="v5p:2x2x1")
+    assert report.fits and report.mesh["context"] == 4
+    # Per layer kind (dense, MoE, MTP): forward C−1 sends of (k, v, segment ids), backward
+    # C−1 of (k, v, segment ids) and C of (dk, dv); none gathers K/V over the context axis.
+    assert report.collectives["collective-permute"] >= 3 * (3 * 3 + 3 * 3 + 4 * 2)
+    assert report.collective_bytes.get("collective-permute", 0) > 0
