@@ -90,8 +90,9 @@ def parse_slices(name: str, num_slices: int = 1) -> Slices:
 
 
 def check_mesh(cfg: Any, slices: Slices) -> str:
-    """Validate the experiment's mesh against the slices (devices, DCN axes) and its model and
-    first phase's batch; returns the mesh as 'axis=size × ...'. Raises one-line ValueErrors."""
+    """Validate the experiment's mesh against the slices (devices, DCN axes), its model and every
+    phase's batch (as `ling-jax train` will); returns the mesh as 'axis=size × ...'. Raises
+    one-line ValueErrors."""
     from ling_jax.parallel.mesh import MESH_AXES, experiment_phases, mesh_spec, validate_mesh
 
     spec = mesh_spec(cfg.get("mesh", None), slices.devices)
@@ -110,5 +111,5 @@ def check_mesh(cfg: Any, slices: Slices) -> str:
             f"{slices.num_slices}; set e.g. --config.mesh.dcn_data={slices.num_slices} with the "
             "ICI axes sized for one slice")
     validate_mesh(spec, cfg.model, device_count=slices.devices,
-                  phases=experiment_phases(cfg)[:1])
+                  phases=experiment_phases(cfg))
     return desc

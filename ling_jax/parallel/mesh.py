@@ -176,10 +176,14 @@ def validate_mesh(spec: MeshSpec, model_cfg: Any, *, device_count: int | None = 
                f"mesh.context ({2 * context}); context parallelism cuts each sequence into "
                "2 × context chunks")
         need = shards * micro * pipe_mb
+        per_shard, uneven = divmod(batch, shards * pipe_mb)
+        fix = (f"set phases.{name}.microbatches to a divisor of {per_shard}" if not uneven
+               else f"set phases.{name}.batch_size to a multiple of {need}")
         _check(batch % need == 0,
                f"phases.{name}.batch_size: {batch} is not divisible by the batch shards "
                f"({shards}, rule set {spec.rules!r}) × microbatches ({micro})"
-               + (f" × mesh.pipeline_microbatches ({pipe_mb})" if stages > 1 else ""))
+               + (f" × mesh.pipeline_microbatches ({pipe_mb})" if stages > 1 else "")
+               + f"; {fix}")
 
 
 def make_mesh(spec: MeshSpec, devices: Sequence[Any] | None = None) -> Mesh:

@@ -12,9 +12,15 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TPU7X = ["--name", "ling-1t", "--image", "us-docker.pkg.dev/p/r/ling-jax:1", "--workdir",
          "gs://bucket/runs/ling-1t", "--config", "experiments/ling_1t_pretrain.py:tpu7x"]
-V5P_2 = ["--name", "ling-1t", "--image", "img:1", "--workdir", "gs://bucket/runs/ling-1t",
-         "--config", "experiments/ling_1t_pretrain.py:v5p_512", "--num_slices", "2", "--",
-         "--config.mesh.dcn_data=2", "--config.phases.pretrain_4k.microbatches=18"]
+# Two slices double the batch shards (expert 64 × dcn_data 2 = 128): every phase's batch must
+# still split into whole sequences per shard per microbatch (the README's "Run on a pod" example).
+V5P_2_TRAIN = ["--config.mesh.dcn_data=2", "--config.phases.pretrain_4k.microbatches=18",
+               "--config.phases.context_32k.microbatches=18",
+               "--config.phases.reasoning_32k.microbatches=18",
+               "--config.phases.yarn_128k.batch_size=512", "--config.phases.yarn_128k.microbatches=4"]
+V5P_2_LAUNCH = ["--name", "ling-1t", "--image", "img:1", "--workdir", "gs://bucket/runs/ling-1t",
+                "--config", "experiments/ling_1t_pretrain.py:v5p_512", "--num_slices", "2"]
+V5P_2 = [*V5P_2_LAUNCH, "--", *V5P_2_TRAIN]
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +82,7 @@ def test_multislice_v5p_manifest_sets_the_dcn_variables(capsys):
     assert env["MEGASCALE_NUM_SLICES"]["value"] == "2"
     assert env["MEGASCALE_SLICE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['jobset.sigs.k8s.io/job-index']"
-    assert c["command"][-2:] == ["--config.mesh.dcn_data=2",
-                                 "--config.phases.pretrain_4k.microbatches=18"]
+    assert c["command"][-len(V5P_2_TRAIN):] == V5P_2_TRAIN
 
 
 def test_apply_dry_run_is_the_exact_shell_that_applies_the_manifest(capsys, tmp_path):
@@ -97,8 +102,8 @@ def test_apply_dry_run_is_the_exact_shell_that_applies_the_manifest(capsys, tmp_
 
 def test_xpk_runs_the_same_command_on_the_same_slices(capsys):
     _, manifest, _ = _run(capsys, "manifest", *V5P_2)
-    rc, out, _ = _run(capsys, "xpk", *V5P_2[:-3], "--cluster", "c1", "--zone", "z", "--dry_run",
-                      *V5P_2[-3:])
+    rc, out, _ = _run(capsys, "xpk", *V5P_2_LAUNCH, "--cluster", "c1", "--zone", "z", "--dry_run",
+                      "--", *V5P_2_TRAIN)
     assert rc == 0
     argv = shlex.split(out)
     assert argv[:3] == ["xpk", "workload", "create"]
@@ -119,10 +124,17 @@ def test_create_takes_the_topology_from_the_experiment(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["manifest", *TPU7X, "--topology", "tpu7x:4x4x4"],
      "has 128 devices (1 × 64 chips × 2 per chip) but the mesh (context=8 × expert=64) uses 512"),
-    (["manifest", *V5P_2[:-3], "--", "--config.mesh.context=16"],
+    (["manifest", *V5P_2_LAUNCH, "--", "--config.mesh.context=16"],
      "mesh.dcn_*: the DCN axes span 1 slice(s) but --num_slices is 2"),
-    (["manifest", *V5P_2[:-1], "--config.phases.pretrain_4k.microbatches=5"],
+    (["manifest", *V5P_2, "--config.phases.pretrain_4k.microbatches=5"],
      "phases.pretrain_4k.batch_size: 18432 is not divisible"),
+    (["manifest", *V5P_2_LAUNCH, "--", "--config.mesh.dcn_data=2",
+      "--config.phases.pretrain_4k.microbatches=18"],
+     "phases.context_32k.batch_size: 2304 is not divisible by the batch shards (128, rule set "
+     "'fsdp_ep') × microbatches (36); set phases.context_32k.microbatches to a divisor of 18"),
+    (["manifest", *V5P_2[:-2]],
+     "phases.yarn_128k.batch_size: 576 is not divisible by the batch shards (128, rule set "
+     "'fsdp_ep') × microbatches (9); set phases.yarn_128k.batch_size to a multiple of 1152"),
     (["manifest", *TPU7X, "--topology", "v6e:4x4x4"], "the GKE path supports ['tpu7x', 'v5p']"),
     (["manifest", *TPU7X, "--topology", "tpu7x:4x8"], "expected GENERATION:AxBxC"),
     (["manifest", *TPU7X, "--workdir", "/tmp/run"], "use a gs:// path"),
