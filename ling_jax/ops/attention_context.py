@@ -107,8 +107,11 @@ def _local_attention(q, k, v, qseg, kseg, *, backend: Callable, axis: str, shard
         outs = []
         for half, offset in enumerate(offsets):
             part = slice(half * chunk, (half + 1) * chunk)
-            mask = AttentionMask(qseg[:, part], kseg_all, q_offset=offset)
-            outs.append(backend(q[:, part], k_all, v_all, mask, **blocks))
+            # Static offsets: only the keys up to the chunk's end, so splash's mask tables (built
+            # in Python) and grid cover the visible keys only (2C+1 of 4C chunks per shard).
+            keys = slice(0, offset + chunk if static_offsets else None)
+            mask = AttentionMask(qseg[:, part], kseg_all[:, keys], q_offset=offset)
+            outs.append(backend(q[:, part], k_all[:, keys], v_all[:, keys], mask, **blocks))
         return jnp.concatenate(outs, axis=1)
 
     def offsets_of(j):

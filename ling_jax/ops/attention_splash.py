@@ -49,6 +49,23 @@ def _pad(a: jax.Array, size: int, value=0) -> jax.Array:
     return jnp.pad(a, widths, constant_values=value)
 
 
+@functools.lru_cache(maxsize=64)
+def _kernel(t_pad: int, s_pad: int, offset: int, bq: int, bkv: int, interpret: bool):
+    """The splash kernel for one causal mask shape, built once: its block tables are computed in
+    Python (seconds per mask at 128K), and a step traces attention several times (layer kinds,
+    remat) with 2 × context offsets each, more than splash's own cache (12 masks) holds."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    # A one-head mask, vmapped over heads by the caller: splash builds its tables per head of
+    # the mask, while every head here has the same mask.
+    causal = splash.CausalMask((t_pad, s_pad), offset=offset)
+    blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                               block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                               block_kv_dq=bkv)
+    return splash.make_splash_mha(splash.MultiHeadMask([causal]), block_sizes=blocks,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
 @functools.partial(jax.named_call, name="attention_splash")
 def splash_attention(q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q: int = 512,
                      block_kv: int = 512) -> jax.Array:
@@ -68,14 +85,7 @@ def splash_attention(q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, *, block_q: in
     k, v = (_pad(a.astype(dtype), s_pad).transpose(0, 2, 1, 3) for a in (k_BSKH, v_BSKH))
     segments = splash.SegmentIds(q=_pad(mask.q_segment_BT, t_pad, _PAD_SEGMENT),
                                  kv=_pad(mask.kv_segment_BS, s_pad, _PAD_SEGMENT))
-    # A one-head mask, vmapped over heads: splash builds its block tables in Python per head of
-    # the mask (minutes for 64 heads at 128K), while every head here has the same mask.
-    causal = splash.CausalMask((t_pad, s_pad), offset=offset or 0)
-    blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
-                               block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
-                               block_kv_dq=bkv)
-    kernel = splash.make_splash_mha(splash.MultiHeadMask([causal]), block_sizes=blocks,
-                                    head_shards=1, q_seq_shards=1, interpret=_interpret())
+    kernel = _kernel(t_pad, s_pad, offset or 0, bq, bkv, _interpret())
     one_head = lambda q, k, v, seg: kernel(q[None], k[None], v[None], segment_ids=seg)[0]
     per_group = jax.vmap(one_head, in_axes=(0, None, None, None))  # G query heads share a KV head
     per_kv_head = jax.vmap(per_group, in_axes=(0, 0, 0, None))

@@ -4,13 +4,22 @@ Random q/k/v with GQA, two packed documents per row and a padded tail; the shard
 tokens in zig-zag order and its outputs and input gradients are compared after undoing it.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import AxisType
 
+from ling_jax.ops import attention_registry as registry
 from ling_jax.ops.attention_backends import attend
-from ling_jax.ops.attention_context import ContextSettings, context_settings, sequence_order, zigzag_order
+from ling_jax.ops.attention_context import (
+    ContextSettings,
+    context_parallel_attention,
+    context_settings,
+    sequence_order,
+    zigzag_order,
+)
 from ling_jax.ops.attention_mask import AttentionMask, self_attention_mask
 
 B, T, N, K, H = 2, 32, 4, 2, 8
@@ -26,10 +35,16 @@ def _inputs():
     return q, k, v, seg
 
 
+def _attention(backend):
+    if backend == "static_reference":  # splash's path on CPU: a branch per shard, keys sliced
+        return functools.partial(context_parallel_attention, registry.get("reference"),
+                                 static_offsets=True, block_q=2, block_kv=4)
+    return functools.partial(attend, backend, block_q=2, block_kv=4)
+
+
 def _loss_and_grads(backend, q, k, v, seg, weights):
     mask = self_attention_mask(seg, B, T)
-    out, vjp = jax.vjp(lambda q, k, v: attend(backend, q, k, v, mask, block_q=2, block_kv=4),
-                       q, k, v)
+    out, vjp = jax.vjp(lambda q, k, v: _attention(backend)(q, k, v, mask), q, k, v)
     return out, vjp(weights)
 
 
@@ -51,6 +66,7 @@ def test_zigzag_order_balances_causal_work():
 
 @pytest.mark.parametrize("backend,axes,exchange", [
     ("reference", dict(data=2, context=4), "all_gather"),
+    ("static_reference", dict(data=2, context=4), "all_gather"),
     ("tiled", dict(data=2, context=2, tensor=2), "all_gather"),
     ("tiled", dict(data=2, context=4), "ring"),
     ("tiled", dict(data=2, context=2, tensor=2), "ring"),
