@@ -18,6 +18,7 @@ rl/step_metrics.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import time
@@ -112,6 +113,9 @@ class RLPhase:
         self.workdir = getattr(ctx, "workdir", None)
         self.batch_rows = getattr(ctx, "rows_fn", None)
         self.place_batch = getattr(ctx, "place_batch", None)
+        # Scoring and updates trace under the plan (EP, context parallelism); sampling does not
+        # (cached decoding runs with the sequence whole).
+        self.traced = getattr(ctx, "trace_context", None) or contextlib.nullcontext
         if rl["kl_beta"] > 0 and self.workdir is None:
             raise ValueError(f"phases.{name}.rl.kl_beta > 0 needs PhaseContext.workdir to keep "
                              "the frozen reference policy across restarts")
@@ -205,7 +209,8 @@ class RLPhase:
         # 5. update: K = epochs × minibatches objective updates, each with the expert-bias update
         order = minibatch_order(self.prompts_per_step, self.group_size, rl["minibatches"],
                                 rl["epochs"], jax.random.fold_in(key, 1))
-        state, updates = self._update(state, batch, jnp.asarray(order))
+        with self.traced():
+            state, updates = self._update(state, batch, jnp.asarray(order))
         updates = jax.device_get(updates)
         self.cursor += 1
         metrics.update(extra, **updates, time_rollout=t1 - t0, time_update=time.perf_counter() - t1)
@@ -251,10 +256,11 @@ class RLPhase:
         batch = place(self.place_batch, {f: x[rows] for f, x in full.items()})
         # 4. log π_old (and log π_ref) by the training forward; the update follows in step()
         inputs = {f: batch[f] for f in ("tokens", "positions", "segment_ids", "response")}
-        batch["logp_old"], entropy = self._score(state["params"], state["biases"], inputs)
-        if rl["kl_beta"] > 0:
-            ref_params, ref_biases = self._reference(state, k)
-            batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
+        with self.traced():
+            batch["logp_old"], entropy = self._score(state["params"], state["biases"], inputs)
+            if rl["kl_beta"] > 0:
+                ref_params, ref_biases = self._reference(state, k)
+                batch["logp_ref"] = self._score(ref_params, ref_biases, inputs)[0]
         seen = dict(full, logp_old=host_value(batch["logp_old"]))
         return batch, {**rollout_metrics(rollouts, problems, self.group_size, rewards,
                                          components, seen, host_value(entropy), stage, correct),

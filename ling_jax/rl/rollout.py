@@ -106,8 +106,12 @@ def response_logprobs(model, tokens, positions, segment_ids, response, prompt_le
     stack only), for scoring that does not update the expert biases.
     """
     out = model(tokens, positions, segment_ids, mtp=mtp)
-    slots = response.shape[1]
-    logits = jax.lax.dynamic_slice_in_dim(out.logits, prompt_len - 1, slots, axis=1)
+    # Logits predicting the response: natural positions prompt_len-1 ... (under context
+    # parallelism the model's outputs come in out.order, so those positions are looked up there).
+    wanted = prompt_len - 1 + jnp.arange(response.shape[1])
+    if out.order is not None:
+        wanted = jnp.argsort(out.order)[wanted]
+    logits = jnp.take(out.logits, wanted, axis=1)
     logp_all = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     logp = jnp.take_along_axis(logp_all, response[..., None], axis=-1)[..., 0]
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)

@@ -86,7 +86,8 @@ def start_phase(cfg, table: PhaseTable, pos, tokenizer, shard_fn, workdir: epath
     ctx = PhaseContext(cfg, tokenizer, pos.phase_index, table.starts[pos.phase_index],
                        jax.process_index(), jax.process_count(), shard_fn, local,
                        plan.local_rows if plan is not None else None,
-                       plan.global_batch if plan is not None else None)
+                       plan.global_batch if plan is not None else None,
+                       plan.context if plan is not None else None)
     runner = phase_kind(phase.kind)(ctx, name, phase)
     if pos.data_state is not None and pos.step_in_phase > 0:
         runner.set_data_state(pos.data_state)

@@ -46,6 +46,9 @@ class PhaseContext:
     # host batch of this process's rows (those of rows_fn, ascending) -> global arrays on the
     # mesh; None: one device (jnp.asarray).
     place_batch: Any = None
+    # () -> context manager that traces steps under the plan (mesh, EP and context-parallel
+    # settings); phases that jit their own functions (rl) enter it. None: one device.
+    trace_context: Any = None
 
     def batch_rows(self, batch_size: int) -> list[int] | None:
         return None if self.rows_fn is None else self.rows_fn(batch_size)

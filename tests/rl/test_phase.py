@@ -75,9 +75,9 @@ def test_rl_resume_in_process_is_exact(full_run, tmp_path):
                {k: v for k, v in b.items() if k not in TIMING}
 
 
-def _runner(cfg, name, workdir):
+def _runner(cfg, name, workdir, trace_context=None):
     tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, workdir)
-    ctx = PhaseContext(cfg, tokenizer, phase_index=1, start_step=0)
+    ctx = PhaseContext(cfg, tokenizer, phase_index=1, start_step=0, trace_context=trace_context)
     ctx.workdir = workdir  # the loop is asked to pass it (the reference policy lives there)
     return RLPhase(ctx, name, cfg.phases[name])
 
@@ -102,6 +102,27 @@ def test_kl_reference_policy_survives_a_restart(tmp_path):
         if key in TIMING:
             continue
         np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(value), err_msg=key)
+
+
+@pytest.mark.slow
+def test_scoring_and_updates_trace_under_the_plan_context(tmp_path):
+    """The loop's trace_context (a plan's mesh + EP/CP settings) wraps log π_old and the updates,
+    not sampling (decode runs with the sequence whole)."""
+    import contextlib
+
+    from ling_jax.ops.attention_context import active
+
+    entered = []
+
+    @contextlib.contextmanager
+    def trace_context():
+        entered.append(active())  # no context axis here: None, and sampling never enters
+        yield
+
+    cfg = rl_experiment()
+    runner = _runner(cfg, "rl", tmp_path, trace_context)
+    runner.step(init_state(cfg, runner.optimizer))
+    assert entered == [None, None]  # scoring, then the K updates
 
 
 def _set(cfg, path, value):

@@ -142,3 +142,26 @@ def test_length_reward_pool_correct_stays_bounded_with_one_correct_length():
 
     got = length_score([18, 18, 25, 12, 40], [True, True, False, False, False], pool="correct")
     np.testing.assert_allclose(got, [0.5, 0.5, -1.0, 0.0, -1.0])
+
+
+def test_response_logprobs_under_context_parallelism_match_one_device():
+    """The model returns zig-zag-ordered logits on a context axis; the response slots are found."""
+    from jax.sharding import AxisType
+
+    from ling_jax.ops.attention_context import ContextSettings, context_settings
+
+    model = small_model()
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(1, 256, size=(4, 32)), jnp.int32)
+    segments = np.ones((4, 32), np.int32)
+    segments[1, 27:] = 0  # a padded tail
+    positions = jnp.broadcast_to(jnp.arange(32, dtype=jnp.int32), (4, 32))
+    fn = nnx.jit(lambda m, t, p, s: rollout.response_logprobs(m, t, p, s, t[:, 20:], 20, 0.9))
+    want = fn(model, tokens, positions, jnp.asarray(segments))[:2]
+    mesh = jax.make_mesh((2, 4), ("data", "context"), axis_types=(AxisType.Auto,) * 2)
+    with jax.set_mesh(mesh), context_settings(ContextSettings("context", ("data",))):
+        got = fn(model, tokens, positions, jnp.asarray(segments))
+        assert got[0].shape == (4, 12)
+    for a, b in zip(want, got[:2], strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 1e-5
