@@ -94,7 +94,8 @@ def _multipliers(comps: dict[str, list[str]]) -> dict[str, float]:
         for line in lines:
             trip = _TRIP.search(line)
             for attr, callee in re.findall(
-                    r"\b(body|condition|to_apply|calls|branch_computations)=\{?%?([\w.\-]+)", line):
+                    r"\b(body|condition|to_apply|calls|branch_computations|called_computations)"
+                    r"=\{?%?([\w.\-]+)", line):  # tpu7x wraps collectives in custom-calls
                 if callee in names:
                     weight = float(trip.group(1)) if (trip and attr == "body") else 1.0
                     calls[name].append((names[callee], weight))

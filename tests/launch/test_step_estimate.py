@@ -9,8 +9,13 @@ from jax.sharding import PartitionSpec as P
 from ling_jax.launch.chips import CHIPS, chip_for_kind
 from ling_jax.launch.step_estimate import collective_bytes, estimate
 
-# Async collectives inside a while loop nested in another (trip counts 3 × 4), iota groups.
+# Async collectives inside a while loop nested in another (trip counts 3 × 4), iota groups; a
+# ragged all-to-all inside a custom-call's called computation (as tpu7x compiles it).
 _HLO = """HloModule m
+
+%called.1 (p0: f32[64,1,128]) -> f32[64,1,128] {
+  ROOT %r.3 = f32[64,1,128]{2,1,0:T(1,128)} ragged-all-to-all(%p0, %p1), replica_groups=[1,8]<=[8]
+}
 
 %inner (p: (s32[], bf16[2,8])) -> (s32[], bf16[2,8]) {
   %p = (s32[], bf16[2,8]) parameter(0)
@@ -28,6 +33,7 @@ ENTRY %main (a: f32[32]) -> f32[32] {
   %w2 = (s32[], bf16[2,8]) while(%t), body=%outer, backend_config={"known_trip_count":{"n":"3"}}
   %ar = f32[32]{0} all-reduce(%a), replica_groups=[1,8]<=[8], to_apply=%add
   %a2a = bf16[8,4]{1,0} all-to-all(%b), replica_groups=[2,4]<=[8], dimensions={0}
+  %cc = f32[64,1,128]{2,1,0} custom-call(%c), custom_call_target="x", called_computations={%called.1}
 }
 """
 
@@ -43,7 +49,8 @@ def test_synthetic_hlo_counts_nested_loops_and_async_ops():
     assert got["reduce-scatter"]["wire_bytes"] == pytest.approx(3 * 64 * 3 / 4)
     assert got["all-reduce"]["wire_bytes"] == pytest.approx(128 * 2 * 7 / 8)
     assert got["all-to-all"]["wire_bytes"] == pytest.approx(64 * 3 / 4)
-    assert got["ragged-all-to-all"]["count"] == 0
+    assert got["ragged-all-to-all"]["count"] == 1
+    assert got["ragged-all-to-all"]["wire_bytes"] == pytest.approx(64 * 128 * 4 * 7 / 8)
 
 
 def test_compiled_scan_of_psums_is_counted_per_iteration():
