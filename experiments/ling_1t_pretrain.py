@@ -18,14 +18,26 @@ batch shard per microbatch), 4K (32K) or 16K (128K) tokens per microbatch. 4K ne
 sequences per batch shard (`fit_long_phases`): 2268 → 2272 x 32K (+0.2%), 567 → 576 x 128K (+1.6%),
 since 2268 and 567 are not divisible by 32 batch shards.
 Measured (`ling-jax aot`, libtpu 0.0.52, per-chip bytes from XLA's memory analysis, full 80-layer
-step, remat full, splash attention (Mosaic), EP ragged all-to-all, capacity 1.25):
-    default v5p:4x8x8 context_32k 2272 x 71: arguments 31.7, temporaries 34.5, peak 66.4 of 95 GB
-    (fits); compile 3022 s on a shared 2-core host; XLA 1.26e14 FLOP/device (loop bodies once),
-    model 1.28e17 FLOP/device per step → compute-bound estimate 279 s per step on v5p (459 TFLOP/s).
-Not measured yet (compiles did not finish on the shared 2-core host): yarn_128k (splash builds its
-block tables in Python, 16 static-offset masks per call site), the tpu7x and v5p_512 variants, the
-4K phase on the context meshes. Collective bytes per step: libtpu 0.0.52 cannot print the compiled
-TPU HLO (async-update RET_CHECK), so `aot` reports compute time only there.
+step, remat full, splash attention (Mosaic), K/V all-gathered, EP ragged all-to-all, capacity 1.25;
+collective bytes per device per step from XLA's optimized-HLO dump; compile times on a shared
+2-core host with other compiles running):
+    default v5p:4x8x8 context_32k 2272 x 71: arguments 31.7, temporaries 37.3, peak 69.2 of 95 GB
+    (fits; 66.4 in an earlier build, difference not attributed); compile 1507 s (3022 s before
+    splash kernels were cached); XLA 1.26e14 FLOP/device (loop bodies once), model 1.28e17
+    FLOP/device per step → compute-bound estimate 280 s per step on v5p (459 TFLOP/s);
+    collectives 52.1 GB/device/step (all-reduce 43.2, ragged all-to-all 5.9, all-gather 2.9).
+    default v5p:4x8x8 yarn_128k 576 x 18: does NOT fit: compile-time HBM OOM, temporaries
+    104.2 GB > 95.7 GB (16K tokens per chip per microbatch); compile 963 s.
+    v5p:4x8x8 yarn_128k with --config.mesh.context=16 --config.mesh.expert=16
+    --config.phases.yarn_128k.microbatches=36 (576 x 36, 8K tokens per chip): arguments 31.7,
+    temporaries 56.0, peak 87.9 of 95 GB (fits); compile 624 s; model 2.46e17 FLOP/device per
+    step → estimate 535 s per step; collectives 67.4 GB/device/step. (4K/32K phases not compiled
+    on this mesh.)
+    :tpu7x tpu7x:4x8x8 context_32k 2304 x 36: arguments 15.8, temporaries 35.9, peak 51.9 of 96 GB
+    per device (fits); compile 741 s; model 6.51e16 FLOP/device per step → estimate 56 s per step.
+Not measured: the v5p_512 variant, the 4K phase on the context meshes, tpu7x yarn_128k, the
+ring exchange (mesh.context_exchange='ring' runs the `tiled` kernels; splash needs all_gather) on
+the Ling-1T meshes.
 Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
 peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
 tpu7x 58.5 GB) are not repeated for the context meshes yet.
