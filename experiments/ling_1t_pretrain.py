@@ -34,10 +34,16 @@ collective bytes per device per step from XLA's optimized-HLO dump; compile time
     step → estimate 535 s per step; collectives 67.4 GB/device/step. (4K/32K phases not compiled
     on this mesh.)
     :tpu7x tpu7x:4x8x8 context_32k 2304 x 36: arguments 15.8, temporaries 35.9, peak 51.9 of 96 GB
-    per device (fits); compile 741 s; model 6.51e16 FLOP/device per step → estimate 56 s per step.
-Not measured: the v5p_512 variant, the 4K phase on the context meshes, tpu7x yarn_128k, the
-ring exchange (mesh.context_exchange='ring' runs the `tiled` kernels; splash needs all_gather) on
-the Ling-1T meshes.
+    per device (fits); compile 741-920 s; model 6.51e16 FLOP/device per step → estimate 56 s per
+    step; collectives 49.6 GB/device/step (all-reduce 37.8, ragged all-to-all 6.0, reduce-scatter
+    3.8, all-gather 1.8).
+    :tpu7x yarn_128k with --config.mesh.context=16 --config.mesh.expert=32
+    --config.phases.yarn_128k.microbatches=18 (576 x 18): arguments 15.8, temporaries 58.4, peak
+    74.3 of 96 GB per device (fits); compile 984 s; model 1.23e17 FLOP/device per step → estimate
+    106 s per step; collectives 61.1 GB/device/step.
+Not measured: the v5p_512 variant, the 4K phase on the context meshes, tpu7x yarn_128k on the
+default mesh (context 8 x expert 64), the ring exchange (mesh.context_exchange='ring' runs the
+`tiled` kernels; splash needs all_gather) on the Ling-1T meshes.
 Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
 peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
 tpu7x 58.5 GB) are not repeated for the context meshes yet.
