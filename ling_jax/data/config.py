@@ -37,7 +37,7 @@ SOURCE_FIELDS: dict[str, dict[str, Any]] = {
     "builtin_arithmetic": {"split": "train", "num_docs": 100_000, "difficulty": (1, 2, 3),
                            "seed": None, "mask_prompt": True},
     "builtin_code": {"split": "train", "num_docs": 100_000, "difficulty": (1, 2), "seed": None,
-                     "mask_prompt": True},
+                     "mask_prompt": True, "verbose_fraction": 0.0},
     "array_record": {"path": REQUIRED},
     "jsonl": {"path": REQUIRED, "text_key": "text", "prompt_key": "prompt",
               "completion_key": "completion"},
@@ -109,6 +109,9 @@ def _check_source(src: dict[str, Any], where: str) -> None:
         if not levels or any(d not in CODE_LEVELS for d in levels):
             raise ValueError(f"{where}.difficulty={src['difficulty']!r}; levels are "
                              f"{list(CODE_LEVELS)}")
+        if not 0.0 <= float(src["verbose_fraction"]) <= 1.0:
+            raise ValueError(f"{where}.verbose_fraction={src['verbose_fraction']} must be in "
+                             "[0, 1]")
         if int(src["num_docs"]) < 1:
             raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
     if kind == "builtin_tool_calls":

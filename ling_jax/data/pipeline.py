@@ -56,7 +56,7 @@ SOURCE_BUILDERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "builtin_code": lambda s, seed: CodeTaskSource(
         s["split"], num_docs=int(s["num_docs"]), difficulty=s["difficulty"],
         seed=seed if s["seed"] is None else int(s["seed"]), mask_prompt=s["mask_prompt"],
-        name=s["label"]),
+        verbose_fraction=float(s["verbose_fraction"]), name=s["label"]),
     "array_record": lambda s, seed: ArrayRecordSource(s["path"], name=s["label"]),
     "jsonl": lambda s, seed: JsonlSource(
         s["path"], name=s["label"], text_key=s["text_key"], prompt_key=s["prompt_key"],
