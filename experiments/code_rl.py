@@ -26,10 +26,11 @@ CODE = dict(kind="builtin_code", split="train", difficulty=(1, 2))
 RL_PHASE = "rl_code"
 
 
-def code_midtrain_phase(steps: int = 300) -> dict:
-    """Supervised steps on the train split's reference bodies (prompt tokens loss-masked)."""
+def code_midtrain_phase(steps: int = 300, verbose_fraction: float = 0.0) -> dict:
+    """Supervised steps on the train split's reference bodies (prompt tokens loss-masked);
+    `verbose_fraction` of them through a named intermediate (a longer correct body)."""
     return dict(kind="midtrain", steps=steps, seq_len=64, batch_size=16,
-                data=dict(sources=dict(code=CODE)),
+                data=dict(sources=dict(code=dict(CODE, verbose_fraction=verbose_fraction))),
                 lr=dict(kind="wsm", peak_lr=2e-3, warmup_steps=10), bias_update_rate=1e-4)
 
 
@@ -59,16 +60,18 @@ def code_rl_phase(steps: int = 20, length_alpha: float = 0.1, objective: str = "
                              length_alpha=length_alpha)]))
 
 
-def get_config(midtrain_steps: int = 300, rl_steps: int = 20, length_alpha: float = 0.1):
+def get_config(midtrain_steps: int = 300, rl_steps: int = 20, length_alpha: float = 0.1,
+               verbose_fraction: float = 0.0):
     model = get_preset("tiny")
     pretrain = dict(
         kind="pretrain", steps=40, seq_len=128, batch_size=16,
         data=dict(sources=dict(python=dict(kind="builtin_python", split="train", weight=0.5),
                                code=dict(CODE, mask_prompt=False, weight=0.5))),
         lr=dict(kind="wsm", peak_lr=3e-3, warmup_steps=10), bias_update_rate=1e-3)
+    midtrain = code_midtrain_phase(midtrain_steps, verbose_fraction)
     return experiment(
         model, tokenizer=dict(kind="builtin", vocab_size=2048, cache_dir=""),
-        phases=[("pretrain", pretrain), ("midtrain_code", code_midtrain_phase(midtrain_steps)),
+        phases=[("pretrain", pretrain), ("midtrain_code", midtrain),
                 (RL_PHASE, code_rl_phase(rl_steps, length_alpha))],
         checkpoint=checkpointing(every_steps=100, keep=2),
         sample_prompt='def times_7_plus_3(x):\n    """Return x times 7 plus 3."""\n')

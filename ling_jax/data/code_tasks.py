@@ -136,6 +136,17 @@ def code_task(index: int, *, split: str = "train", difficulty: int = 1, seed: in
     raise AssertionError("unreachable")
 
 
+def verbose_completion(task: CodeTask) -> str:
+    """The reference body through a named intermediate: the same function in ~4 more tokens."""
+    expression = task.completion.removeprefix("    return ")
+    return f"    result = {expression}    return result\n"
+
+
+def uses_verbose_body(index: int, seed: int, fraction: float) -> bool:
+    """Whether document `index` shows the verbose body (a stable draw per index and seed)."""
+    return fraction > 0 and random.Random(f"code_verbose:{seed}:{index}").random() < fraction
+
+
 def code_tasks(split: str = "train", n: int = 100, difficulty: int | Sequence[int] = (1, 2),
                seed: int = 0) -> list[CodeTask]:
     """The first `n` tasks of a split (difficulty an int or a list cycled per task)."""
@@ -147,14 +158,22 @@ def code_tasks(split: str = "train", n: int = 100, difficulty: int | Sequence[in
 
 
 class CodeTaskSource:
-    """`num_docs` generated tasks as prompt/completion records (prompt masked) or plain text."""
+    """`num_docs` generated tasks as prompt/completion records (prompt masked) or plain text.
+
+    verbose_fraction: the share of documents whose body is `verbose_completion` (two correct
+    lengths for one task: room for RL's length reward to choose the shorter one).
+    """
 
     def __init__(self, split: str = "train", *, num_docs: int = 100_000,
                  difficulty: int | Sequence[int] = (1, 2), seed: int = 0,
-                 mask_prompt: bool = True, name: str = "builtin_code"):
+                 mask_prompt: bool = True, verbose_fraction: float = 0.0,
+                 name: str = "builtin_code"):
         _check(split, DIFFICULTY_LEVELS[0])
         if num_docs < 1:
             raise ValueError(f"builtin_code num_docs={num_docs} must be >= 1")
+        if not 0.0 <= verbose_fraction <= 1.0:
+            raise ValueError(f"builtin_code verbose_fraction={verbose_fraction} must be in [0, 1]")
+        self.verbose_fraction = verbose_fraction
         self.levels = [difficulty] if isinstance(difficulty, int) else list(difficulty)
         for level in self.levels:
             _check(split, level)
@@ -167,6 +186,9 @@ class CodeTaskSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         task = code_task(index, split=self.split, seed=self.seed,
                          difficulty=self.levels[index % len(self.levels)])
+        completion = task.completion
+        if uses_verbose_body(index, self.seed, self.verbose_fraction):
+            completion = verbose_completion(task)
         if self.mask_prompt:
-            return {"index": index, "prompt": task.prompt, "completion": task.completion}
-        return {"index": index, "text": task.text}
+            return {"index": index, "prompt": task.prompt, "completion": completion}
+        return {"index": index, "text": task.prompt + completion}

@@ -9,7 +9,8 @@ data_cfg (ml_collections.ConfigDict or dict):
   chat_template=None (how conversation sources render: data/chat_template.py; the sft phase
   fills it from tokenizer.chat_template)
 A source: {kind, weight=1.0, long_docs=<data default>, label=None, ...kind fields below}.
-The tfds field "name" is the tfds dataset name ("mnist", "my_ds/config:1.0.0").
+The tfds / chat_tfds field "name" is the tfds dataset name ("mnist", "my_ds/config:1.0.0");
+chat_tfds datasets hold conversations as JSON text (data/chat_tfds.py).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ SOURCE_FIELDS: dict[str, dict[str, Any]] = {
     "builtin_arithmetic": {"split": "train", "num_docs": 100_000, "difficulty": (1, 2, 3),
                            "seed": None, "mask_prompt": True},
     "builtin_code": {"split": "train", "num_docs": 100_000, "difficulty": (1, 2), "seed": None,
-                     "mask_prompt": True},
+                     "mask_prompt": True, "verbose_fraction": 0.0},
     "array_record": {"path": REQUIRED},
     "jsonl": {"path": REQUIRED, "text_key": "text", "prompt_key": "prompt",
               "completion_key": "completion"},
     "chat_jsonl": {"path": REQUIRED, "messages_key": "messages", "tools_key": "tools"},
+    "chat_tfds": {"name": REQUIRED, "split": "train", "data_dir": None,
+                  "messages_key": "messages", "tools_key": "tools"},
     "builtin_tool_calls": {"split": "train", "num_docs": 100_000, "seed": None, "num_tools": 3},
     "text": {"path": REQUIRED, "split_on": "file"},
     "tfds": {"name": REQUIRED, "split": "train", "data_dir": None, "text_key": "text",
@@ -106,6 +109,9 @@ def _check_source(src: dict[str, Any], where: str) -> None:
         if not levels or any(d not in CODE_LEVELS for d in levels):
             raise ValueError(f"{where}.difficulty={src['difficulty']!r}; levels are "
                              f"{list(CODE_LEVELS)}")
+        if not 0.0 <= float(src["verbose_fraction"]) <= 1.0:
+            raise ValueError(f"{where}.verbose_fraction={src['verbose_fraction']} must be in "
+                             "[0, 1]")
         if int(src["num_docs"]) < 1:
             raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
     if kind == "builtin_tool_calls":
@@ -114,7 +120,7 @@ def _check_source(src: dict[str, Any], where: str) -> None:
                              f"[1, {len(TOOL_FUNCTIONS)}]")
         if int(src["num_docs"]) < 1:
             raise ValueError(f"{where}.num_docs={src['num_docs']} must be >= 1")
-    if kind == "tfds" and src["data_dir"] is not None and not os.path.isdir(src["data_dir"]):
+    if kind in ("tfds", "chat_tfds") and src["data_dir"] is not None and not os.path.isdir(src["data_dir"]):
         raise ValueError(f"{where}.data_dir={src['data_dir']!r} is not a directory")
 
 

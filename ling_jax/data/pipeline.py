@@ -26,6 +26,7 @@ from absl import flags
 
 from ling_jax.data.builtin import ArithmeticSource, PythonSource
 from ling_jax.data.chat_template import chat_template
+from ling_jax.data.chat_tfds import TfdsChatSource
 from ling_jax.data.code_tasks import CodeTaskSource
 from ling_jax.data.config import validate_data_config
 from ling_jax.data.documents import DocumentEncoder
@@ -55,13 +56,16 @@ SOURCE_BUILDERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "builtin_code": lambda s, seed: CodeTaskSource(
         s["split"], num_docs=int(s["num_docs"]), difficulty=s["difficulty"],
         seed=seed if s["seed"] is None else int(s["seed"]), mask_prompt=s["mask_prompt"],
-        name=s["label"]),
+        verbose_fraction=float(s["verbose_fraction"]), name=s["label"]),
     "array_record": lambda s, seed: ArrayRecordSource(s["path"], name=s["label"]),
     "jsonl": lambda s, seed: JsonlSource(
         s["path"], name=s["label"], text_key=s["text_key"], prompt_key=s["prompt_key"],
         completion_key=s["completion_key"]),
     "chat_jsonl": lambda s, seed: ChatJsonlSource(
         s["path"], name=s["label"], messages_key=s["messages_key"], tools_key=s["tools_key"]),
+    "chat_tfds": lambda s, seed: TfdsChatSource(
+        s["name"], split=s["split"], data_dir=s["data_dir"], messages_key=s["messages_key"],
+        tools_key=s["tools_key"], source_name=s["label"]),
     "builtin_tool_calls": lambda s, seed: ToolCallSource(
         s["split"], num_docs=int(s["num_docs"]), num_tools=int(s["num_tools"]),
         seed=seed if s["seed"] is None else int(s["seed"]), name=s["label"]),

@@ -189,6 +189,22 @@ class ArrayRecordSource:
         return record
 
 
+def open_tfds(name: str, split: str, data_dir: str | None, source_name: str):
+    """`tfds.data_source` of a dataset prepared in array_record format (non-empty), or a
+    ValueError naming the source."""
+    import tensorflow_datasets as tfds  # imported here: only tfds sources pay for it
+
+    try:
+        records = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:  # tfds raises many types; the message is what matters
+        raise ValueError(f"source {source_name!r}: cannot open tfds dataset {name!r} split "
+                         f"{split!r} in data_dir={data_dir!r}: {e}") from e
+    if len(records) == 0:
+        raise ValueError(f"source {source_name!r}: tfds dataset {name!r} split {split!r} "
+                         "has no examples")
+    return records
+
+
 class TfdsSource:
     """A tensorflow-datasets dataset prepared in array_record format (`tfds.data_source`).
 
@@ -198,17 +214,8 @@ class TfdsSource:
     def __init__(self, name: str, *, split: str = "train", data_dir: str | None = None,
                  text_key: str = "text", tokens_key: str | None = None,
                  source_name: str = "tfds"):
-        import tensorflow_datasets as tfds  # imported here: only tfds sources pay for it
-
         self.name, self.text_key, self.tokens_key = source_name, text_key, tokens_key
-        try:
-            self._records = tfds.data_source(name, split=split, data_dir=data_dir)
-        except Exception as e:  # tfds raises many types; the message is what matters
-            raise ValueError(f"source {source_name!r}: cannot open tfds dataset {name!r} split "
-                             f"{split!r} in data_dir={data_dir!r}: {e}") from e
-        if len(self._records) == 0:
-            raise ValueError(f"source {source_name!r}: tfds dataset {name!r} split {split!r} "
-                             "has no examples")
+        self._records = open_tfds(name, split, data_dir, source_name)
 
     def __len__(self) -> int:
         return len(self._records)

@@ -64,10 +64,10 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def paired_difference(before: Sequence[bool], after: Sequence[bool],
+def paired_difference(before: Sequence[float], after: Sequence[float],
                       z: float = Z95) -> tuple[float, float, float]:
-    """(after − before accuracy, low, high): normal interval of a paired difference on the same
-    problems (the per-problem differences' mean ± z·sd/√n)."""
+    """(after − before mean, low, high): normal interval of a paired difference on the same
+    problems (the per-problem differences' mean ± z·sd/√n); correctness flags or token counts."""
     d = np.asarray(after, np.float64) - np.asarray(before, np.float64)
     if d.size == 0:
         raise ValueError("paired_difference needs at least one problem")
@@ -125,6 +125,15 @@ def accuracy_token_curve(rows: list[dict]) -> list[tuple[int, float, float]]:
     points += [(int(r["phase_step"]), float(r["heldout_tokens_end"]),
                 float(r["heldout_accuracy_end"])) for r in rows if "heldout_tokens_end" in r]
     return points
+
+
+def phase_response_tokens(rows: list[dict]) -> tuple[list, list] | None:
+    """(greedy response tokens per held-out problem at the phase start, at its end), or None."""
+    before = next((r["heldout_response_tokens"] for r in rows
+                   if r.get("heldout_rl_steps") == 0 and "heldout_response_tokens" in r), None)
+    after = next((r["heldout_response_tokens_end"] for r in rows
+                  if "heldout_response_tokens_end" in r), None)
+    return (before, after) if before and after else None
 
 
 def phase_heldout(rows: list[dict]) -> tuple[list, list] | None:

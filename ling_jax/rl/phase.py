@@ -187,7 +187,8 @@ class RLPhase:
         correct, tokens = self.evaluate(state)
         return {f"heldout_accuracy{suffix}": float(correct.mean()),
                 f"heldout_tokens{suffix}": float(tokens.mean()),
-                f"heldout_correct{suffix}": correct.astype(np.int32).tolist()}
+                f"heldout_correct{suffix}": correct.astype(np.int32).tolist(),
+                f"heldout_response_tokens{suffix}": tokens.astype(np.int32).tolist()}
 
     def step(self, state: dict) -> tuple[dict, dict]:
         """One RL step: held-out eval, experience (rollout → reward → advantage → log π_old),

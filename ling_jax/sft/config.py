@@ -6,8 +6,8 @@ phases.<name>.sft (every field optional):
   eval_seed=0, eval_num_tools=3   which held-out examples, how many schemas each offers
   max_new_tokens=48   tokens an evaluated response may take
 The chat template is the experiment's `tokenizer.chat_template` (data/chat_template.py); the
-phase's data sources hold conversations (chat_jsonl, builtin_tool_calls, or array_record files
-written by data.chat_encoding.write_chat_records).
+phase's data sources hold conversations (chat_jsonl, chat_tfds, builtin_tool_calls, or
+array_record files written by data.chat_encoding.write_chat_records).
 """
 
 from __future__ import annotations

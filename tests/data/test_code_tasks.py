@@ -4,7 +4,13 @@ import ast
 
 import pytest
 
-from ling_jax.data.code_tasks import CodeTaskSource, code_task, code_tasks, split_of
+from ling_jax.data.code_tasks import (
+    CodeTaskSource,
+    code_task,
+    code_tasks,
+    split_of,
+    verbose_completion,
+)
 
 
 def test_tasks_are_deterministic_and_splits_disjoint():
@@ -46,3 +52,31 @@ def test_data_config_accepts_builtin_code_and_names_bad_levels():
     validate_data_config({"sources": {"code": {"kind": "builtin_code", "difficulty": [1, 2]}}})
     with pytest.raises(ValueError, match=r"difficulty=3; levels are \[1, 2\]"):
         validate_data_config({"sources": {"code": {"kind": "builtin_code", "difficulty": 3}}})
+    with pytest.raises(ValueError, match=r"code.verbose_fraction=-1 must be in \[0, 1\]"):
+        validate_data_config({"sources": {"code": {"kind": "builtin_code",
+                                                   "verbose_fraction": -1}}})
+
+
+def test_verbose_body_computes_the_same_values():
+    """The verbose body (named intermediate) passes the task's own tests; trusted text, as above."""
+    for task in code_tasks("train", 24, difficulty=(1, 2)):
+        body = verbose_completion(task)
+        assert body.startswith("    result = ") and body.endswith("    return result\n")
+        namespace: dict = {}
+        exec(compile(task.prompt + body, "<task>", "exec"), namespace)  # noqa: S102 - our text
+        assert [namespace[task.entry_point](*a) for a in task.args] == list(task.expected)
+
+
+def test_verbose_fraction_picks_a_stable_share_of_documents():
+    def verbose(fraction, seed=0):
+        source = CodeTaskSource("train", num_docs=400, seed=seed, verbose_fraction=fraction)
+        return [source[i]["completion"].startswith("    result = ") for i in range(400)]
+
+    assert not any(verbose(0.0)) and all(verbose(1.0))
+    half = verbose(0.5)
+    assert half == verbose(0.5) and half != verbose(0.5, seed=1)
+    assert 160 < sum(half) < 240  # binomial(400, 0.5): mean 200, sd 10
+    text = CodeTaskSource("train", num_docs=4, mask_prompt=False, verbose_fraction=1.0)[0]["text"]
+    assert text.count("def ") == 1 and text.endswith("    return result\n")
+    with pytest.raises(ValueError, match=r"verbose_fraction=1.5 must be in \[0, 1\]"):
+        CodeTaskSource("train", verbose_fraction=1.5)

@@ -10,6 +10,7 @@ from ling_jax.rl.evaluation import (
     describe_change,
     heldout_change,
     paired_difference,
+    phase_response_tokens,
     wilson_interval,
 )
 
@@ -35,6 +36,18 @@ def test_paired_difference_matches_numpy_t_free_formula():
     diff, lo, hi = paired_difference(before, after)
     assert diff == pytest.approx(d.mean(), abs=1e-12)
     assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-12)
+
+
+def test_phase_response_tokens_pairs_the_first_and_last_evaluation():
+    rows = [{"heldout_rl_steps": 0, "heldout_response_tokens": [9, 12, 10]},
+            {"heldout_rl_steps": 2, "heldout_response_tokens": [8, 8, 8]},
+            {"heldout_response_tokens_end": [7, 11, 6]}]
+    assert phase_response_tokens(rows) == ([9, 12, 10], [7, 11, 6])
+    assert phase_response_tokens(rows[:2]) is None
+    diff, lo, hi = paired_difference(*phase_response_tokens(rows))
+    d = np.array([-2.0, -1.0, -4.0])
+    half = 1.959963984540054 * d.std(ddof=1) / math.sqrt(3)
+    assert (diff, lo, hi) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
 
 
 def test_heldout_change_fields_and_report_line():

@@ -55,6 +55,8 @@ def test_rl_phase_logs_metrics_and_follows_stages(full_run):
     assert rows[0]["entropy"] > 1.0
     assert [r.get("heldout_rl_steps") for r in rows] == [0, None, 2, None]
     assert len(rows[0]["heldout_correct"]) == 8 and "heldout_accuracy_end" in rows[-1]
+    assert np.mean(rows[0]["heldout_response_tokens"]) == rows[0]["heldout_tokens"]
+    assert np.mean(rows[-1]["heldout_response_tokens_end"]) == rows[-1]["heldout_tokens_end"]
     assert int(result.state["step"]) == 6
     assert (workdir / "phase_rl.png").stat().st_size > 1000
 

@@ -103,3 +103,26 @@ def test_data_state_carries_the_phase_start_results(tmp_path):
     assert runner.cursor == 2 and runner.heldout_start == [1, 0, 0, 1]
     assert runner.data_state()["pipeline"] == state["pipeline"]
     runner.close()
+
+
+# Wall-clock measurements differ between any two runs; everything else must match bitwise.
+TIMING = ("step_time", "tokens_per_sec", "mfu", "time_data", "time_step", "time_checkpoint")
+
+
+def test_sft_resume_is_exact(run, tmp_path):
+    """Stop after sft step 1 (mid-phase, no periodic checkpoint), resume: every metric (losses,
+    before/after tool-call results) and the final parameters equal the uninterrupted run's."""
+    import jax
+
+    full_dir, full = run
+    cfg = sft_experiment()
+    stopped = run_experiment(cfg, tmp_path, max_steps=1)
+    assert stopped.stop_reason == "max_steps" and stopped.global_step == 1
+    resumed = run_experiment(sft_experiment(), tmp_path)
+    assert resumed.global_step == STEPS
+    want, got = read_metrics(full_dir), read_metrics(tmp_path)
+    assert len(got) == len(want) == STEPS
+    for a, b in zip(want, got, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING} == \
+               {k: v for k, v in b.items() if k not in TIMING}
+    jax.tree.map(np.testing.assert_array_equal, full.state["params"], resumed.state["params"])
