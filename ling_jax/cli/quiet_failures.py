@@ -17,6 +17,7 @@ import os
 import sys
 
 _ORBAX_DIR = f"{os.sep}orbax{os.sep}"
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
 class _OrbaxErrorEchoes(logging.Filter):
@@ -27,12 +28,19 @@ class _OrbaxErrorEchoes(logging.Filter):
 
 
 class _OrbaxFutureEchoes(logging.Filter):
-    """Drops asyncio's 'exception was never retrieved' records of exceptions raised in orbax."""
+    """Drops asyncio's 'exception was never retrieved' records of orbax's checkpoint writes.
+
+    A write's exception is either raised in orbax (a frame in its traceback) or set on the future
+    by tensorstore's completion callback, without a traceback: then its text names the
+    checkpoint's temporary directory.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR or "never retrieved" not in record.getMessage():
             return True
         error = record.exc_info[1] if record.exc_info else None
+        if error is not None and _ORBAX_TMP in str(error):
+            return False
         tb = error.__traceback__ if error is not None else None
         while tb is not None:
             if _ORBAX_DIR in tb.tb_frame.f_code.co_filename:
