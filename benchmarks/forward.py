@@ -43,7 +43,7 @@ def ours(cfg, ids: np.ndarray):
 
     @jax.jit
     def forward(state, ids_BT):
-        return nnx.merge(graphdef, state)(ids_BT, mtp=False).logits
+        return nnx.merge(graphdef, state)(ids_BT, mtp=False, frozen=True).logits
 
     ids_BT = jax.numpy.asarray(ids)
     return lambda: forward(state, ids_BT).block_until_ready()

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
+from ling_jax.ops import scan_bits
 from ling_jax.ops.attention_mask import AttentionMask
 
 Cache = dict[str, tuple[jax.Array, jax.Array]]  # stack name -> (k, v) [L, B, S, K, H]
@@ -104,16 +105,18 @@ def _layer_cached(layer, x_BTD, cos, sin, mask: AttentionMask, k_BSKH, v_BSKH, i
 
 
 def _stack_cached(stack, x_BTD, cos, sin, mask, kv: tuple[jax.Array, jax.Array], index):
-    """Scan over the stacked layers with the cache as scanned input and output."""
+    """Scan over the stacked layers with the cache as scanned input and output. Weights and cache
+    are scanned as raw bits (`ops.scan_bits`): decoding never differentiates."""
     graphdef, state = nnx.split(stack)
+    dtypes = scan_bits.dtypes_of((state, *kv))
 
     def body(x, xs):
-        layer_state, k, v = xs
+        layer_state, k, v = scan_bits.from_bits(xs, dtypes)
         x, k, v = _layer_cached(nnx.merge(graphdef, layer_state), x, cos, sin, mask, k, v, index)
-        return x, (k, v)
+        return x, scan_bits.to_bits((k, v))
 
-    x_BTD, (k, v) = jax.lax.scan(body, x_BTD, (state, *kv))
-    return x_BTD, (k, v)
+    x_BTD, kv_bits = jax.lax.scan(body, x_BTD, scan_bits.to_bits((state, *kv)))
+    return x_BTD, scan_bits.from_bits(kv_bits, dtypes[1:])
 
 
 def forward_cached(model, ids_BT, positions_BT, key_valid_BS, index, cache: Cache):

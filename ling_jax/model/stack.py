@@ -13,6 +13,7 @@ from flax import nnx
 
 from ling_jax.model.decoder import DecoderLayer
 from ling_jax.model.logical import constrain
+from ling_jax.ops import scan_bits
 
 REMAT_POLICIES = {
     "none": None,
@@ -49,11 +50,21 @@ def apply_stack(
     num_layers: int,
     scan: bool,
     remat_policy: str,
+    frozen: bool = False,
 ):
-    """Run the layers in order; returns (x, stacked per-layer aux or None)."""
+    """Run the layers in order; returns (x, stacked per-layer aux or None).
+
+    frozen: no gradient flows to the layers' parameters (inference), so a scan reads bf16
+    weights as raw bits (`ops.scan_bits`: XLA:CPU would convert the whole stack to f32 per call).
+    """
     graphdef, state = nnx.split(stack)
+    dtypes = scan_bits.dtypes_of(state) if frozen and scan else None
+    if dtypes is not None:
+        state = scan_bits.to_bits(state)
 
     def body(x, layer_state):
+        if dtypes is not None:
+            layer_state = scan_bits.from_bits(layer_state, dtypes)
         layer = nnx.merge(graphdef, layer_state)
         x, aux = layer(x, cos, sin, mask, token_mask)
         return constrain(x, ("batch", "seq", "embed")), aux

@@ -71,12 +71,15 @@ class LingForCausalLM(nnx.Module):
         segment_ids: jax.Array | None = None,
         *,
         mtp: bool = True,
+        frozen: bool = False,
     ) -> ModelOutput:
         """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding.
         Under context parallelism the outputs come in `ModelOutput.order` (see `reorder`).
 
         mtp=False skips the MTP layers (inference and RL log-probs never read them): mtp_logits is
-        then [0, B, T, V] and the counts / router logits cover the MoE stack only."""
+        then [0, B, T, V] and the counts / router logits cover the MoE stack only.
+        frozen=True: no gradient will be taken with respect to the layers (inference; see
+        `apply_stack`)."""
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
@@ -91,7 +94,7 @@ class LingForCausalLM(nnx.Module):
         mask = attention_mask(segment_ids, batch, length)
         embed = self.embed[...]
         x = constrain(jnp.take(embed, input_ids, axis=0).astype(self.dtype), ACTIVATION_AXES)
-        run = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
+        run = dict(scan=cfg.scan_layers, remat_policy=cfg.remat_policy, frozen=frozen)
         if self.dense_layers is not None:
             x, _ = apply_stack(
                 self.dense_layers, x, cos, sin, mask, token_mask, num_layers=self.num_dense, **run

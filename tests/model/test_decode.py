@@ -8,7 +8,9 @@ from flax import nnx
 
 from ling_jax.config import get_preset
 from ling_jax.model import decode
+from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.transformer import LingForCausalLM
+from ling_jax.ops.attention_mask import AttentionMask
 
 PROMPT_LENGTHS = (5, 9, 2)  # left-padded to 9 in one batch
 
@@ -230,3 +232,36 @@ def test_group_prefill_once_equals_repeated_prompts(model, prompts, full_logits)
         model, *args)
     tokens = np.asarray(sampled.tokens).reshape(len(prompts), group, n)
     assert any((t[0] != t[1]).any() for t in tokens)
+
+
+def test_bfloat16_cache_scan_is_bitwise_a_plain_scan():
+    """`_stack_cached` scans bf16 weights and cache as raw bits: bit-identical to a plain scan."""
+    cfg = small_config()
+    cfg.update(dict(dtype="bfloat16", param_dtype="bfloat16"))
+    model = LingForCausalLM(cfg, rngs=nnx.Rngs(4))
+    batch, length = 3, 10
+    cache = decode.init_cache(model, batch, length)["moe_layers"]
+    rng = np.random.default_rng(1)
+    cache = tuple(jnp.asarray(rng.standard_normal(c.shape), jnp.bfloat16) for c in cache)
+    x = jnp.asarray(rng.standard_normal((batch, 1, cfg.hidden_size)), jnp.bfloat16)
+    positions = jnp.full((batch, 1), 6, jnp.int32)
+    inv_freq, scaling = rope_frequencies(cfg)
+    cos, sin = rope_cos_sin(positions, inv_freq, scaling, jnp.bfloat16)
+    mask = AttentionMask(jnp.ones((batch, 1), jnp.int32), jnp.ones((batch, length), jnp.int32), 6)
+
+    def plain(stack, x, kv):
+        graphdef, state = nnx.split(stack)
+
+        def body(x, xs):
+            layer_state, k, v = xs
+            x, k, v = decode._layer_cached(nnx.merge(graphdef, layer_state), x, cos, sin, mask,
+                                           k, v, 6)
+            return x, (k, v)
+
+        return jax.lax.scan(body, x, (state, *kv))
+
+    bits = nnx.jit(lambda s, x, kv: decode._stack_cached(s, x, cos, sin, mask, kv, 6))
+    want, got = nnx.jit(plain)(model.moe_layers, x, cache), bits(model.moe_layers, x, cache)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

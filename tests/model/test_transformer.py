@@ -147,6 +147,19 @@ def test_bfloat16_params_are_stored_in_bfloat16():
     assert nnx.state(model).to_pure_dict()["moe_layers"]["mlp"]["expert_bias"].dtype == jnp.float32
 
 
+def test_frozen_forward_is_bitwise_the_plain_forward_in_bfloat16():
+    """frozen=True scans bf16 weights as raw bits (inference): outputs are bit-identical."""
+    model, cfg = _tiny(dtype="bfloat16", param_dtype="bfloat16")
+    ids = jax.random.randint(jax.random.key(5), (2, 12), 0, cfg.vocab_size)
+    run = nnx.jit(lambda m, ids, frozen: m(ids, mtp=False, frozen=frozen), static_argnums=2)
+    plain, frozen = run(model, ids, False), run(model, ids, True)
+    np.testing.assert_array_equal(np.asarray(frozen.logits), np.asarray(plain.logits))
+    np.testing.assert_array_equal(frozen.expert_counts, plain.expert_counts)
+    hlo = jax.jit(lambda s, ids: nnx.merge(nnx.graphdef(model), s)(ids, mtp=False, frozen=True)
+                  ).lower(nnx.state(model), ids).as_text()
+    assert "bitcast_convert" in hlo  # the bits path ran (tiny's 3-layer stack is scanned)
+
+
 def test_mtp_false_skips_mtp_and_keeps_logits(fixture):
     """mtp=False (inference, RL scoring) gives the fixture's logits and no MTP outputs."""
     path, ref, _, config = fixture
