@@ -96,14 +96,25 @@ def measure_peak(n: int | None = None, repeats: int | None = None) -> Peak:
     return Peak(float(np.median(rates)), float(min(rates)), float(max(rates)), repeats)
 
 
-def alternate(fns: Sequence[Callable[[], object]], repeats: int) -> list[Timing]:
-    """Times each fn `repeats` times, interleaved (fn0, fn1, ..., fn0, fn1, ...); fns must block."""
+def alternate(fns: Sequence[Callable[[], object]], repeats: int,
+              cold: list[Timing] | None = None) -> list[Timing]:
+    """Times each fn `repeats` times, interleaved (fn0, fn1, ..., fn0, fn1, ...); fns must block.
+
+    Each timed call directly follows an untimed call of the same fn: memory a side has not
+    touched for ~1 s may have been paged out by the kernel (this VM runs DAMON reclaim), so the
+    first call after the other side runs 2-3x slower than a warm one. Those first calls are
+    appended to `cold` when given, so both can be reported.
+    """
     seconds: list[list[float]] = [[] for _ in fns]
+    firsts: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            seconds[i].append(time.perf_counter() - start)
+            for record in (firsts[i], seconds[i]):
+                start = time.perf_counter()
+                fn()
+                record.append(time.perf_counter() - start)
+    if cold is not None:
+        cold.extend(timing(s) for s in firsts)
     return [timing(s) for s in seconds]
 
 

@@ -101,11 +101,13 @@ def main(argv) -> None:
     reason = common.add_upstream(_UPSTREAM.value,
                                  lambda: upstream(cfg, prompts, new, _DTYPE.value), fns, names,
                                  warm_up=lambda f: f(2))
-    times = common.alternate(fns, _REPEATS.value)
-    for name, t in zip(names, times, strict=True):
+    cold: list[common.Timing] = []
+    times = common.alternate(fns, _REPEATS.value, cold)
+    for name, t, c in zip(names, times, cold, strict=True):
         print(f"  {name:<9} {t.median:7.2f} s ({t.spread()})  {batch * new / t.median:8,.0f} "
               f"new tok/s  {t.median / new * 1e3:7.1f} ms/token (whole batch)  "
-              f"MFU {flops.mfu(new_flops, t.median, peak.median, 1):5.1%}")
+              f"MFU {flops.mfu(new_flops, t.median, peak.median, 1):5.1%}"
+              + f"  (cold first call {c.median:.2f} s)")
     theirs = batch * new / times[1].median if len(times) > 1 else None
     if theirs is None:
         print(f"  {reason}")

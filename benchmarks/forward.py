@@ -78,12 +78,14 @@ def main(argv) -> None:
     fns, names = [ours(cfg, ids)], ["ling-jax"]
     fns[0]()  # compile
     reason = common.add_upstream(_UPSTREAM.value, lambda: upstream(cfg, ids, _DTYPE.value), fns, names)
-    times = common.alternate(fns, _REPEATS.value)
+    cold: list[common.Timing] = []
+    times = common.alternate(fns, _REPEATS.value, cold)
     tokens = batch * length
     fwd_flops = flops.training_flops_per_step(cfg, length, tokens, include_mtp=False) / 3
-    for name, t in zip(names, times, strict=True):
+    for name, t, c in zip(names, times, cold, strict=True):
         print(f"  {name:<9} {t.median * 1e3:8.1f} ms ({t.spread()})  {tokens / t.median:9,.0f} "
-              f"tok/s  MFU {flops.mfu(fwd_flops, t.median, peak.median, 1):5.1%}")
+              f"tok/s  MFU {flops.mfu(fwd_flops, t.median, peak.median, 1):5.1%}"
+              + f"  (cold first call {c.median * 1e3:.1f} ms)")
     theirs = tokens / times[1].median if len(times) > 1 else None
     if theirs is None:
         print(f"  {reason}")

@@ -118,15 +118,17 @@ def bench(name: str, peak: common.Peak) -> None:
     run()
     compile_s = time.perf_counter() - t0
     reason = common.add_upstream(_UPSTREAM.value, lambda: upstream(cfg, batch, length), fns, names)
-    times = common.alternate(fns, _STEPS.value)
+    cold: list[common.Timing] = []
+    times = common.alternate(fns, _STEPS.value, cold)
     tokens = batch * length
     step_flops = flops.training_flops_per_step(cfg, length, tokens)
     print(f"{name:<11} {_DTYPE.value:<8} {batch}x{length:<5} compile {compile_s:5.1f} s  loss "
           f"{float(metrics()['loss']):.3f}")
-    for who, t in zip(names, times, strict=True):
+    for who, t, c in zip(names, times, cold, strict=True):
         print(f"  {who:<9} step {t.median * 1e3:7.0f} ms ({t.spread()})  {tokens / t.median:8.0f} "
               f"tok/s  {step_flops / t.median / 1e9:6.1f} GFLOP/s  "
-              f"MFU {flops.mfu(step_flops, t.median, peak.median, 1):5.1%}")
+              f"MFU {flops.mfu(step_flops, t.median, peak.median, 1):5.1%}"
+              + f"  (cold first call {c.median * 1e3:.0f} ms)")
     theirs_tps = tokens / times[1].median if len(times) > 1 else None
     if theirs_tps is None:
         print(f"  {reason}")

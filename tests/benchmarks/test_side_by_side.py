@@ -33,6 +33,7 @@ def _run(script: str, *args: str) -> str:
 
 def _check_sides(out: str, what: str) -> None:
     assert "ling-jax" in out and "MFU" in out and "peak" in out and "median of 3" in out, out
+    assert "cold first call" in out, out  # warm and cold timings both reported
     if _upstream_available():
         line = next(ln for ln in out.splitlines() if ln.startswith(what))
         assert "upstream" in line and "ratio" in line and "x (goal" in line, out
