@@ -54,9 +54,11 @@ class MoE(nnx.Module):
                 quant=linear_quant(cfg),
             )
 
-    def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None):
+    def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None, *,
+                 backend: str | None = None):
         """Returns (y [B,T,D], tokens per expert [E] int32, router logits [B,T,E] fp32,
-        (token, slot) rows dropped by an expert-parallel capacity, int32 scalar)."""
+        (token, slot) rows dropped by an expert-parallel capacity, int32 scalar).
+        backend: an expert-compute backend for this call instead of the configured one."""
         batch, length, hidden = x_BTD.shape
         x_TD = x_BTD.reshape(batch * length, hidden)
         routing = route_tokens(
@@ -71,7 +73,7 @@ class MoE(nnx.Module):
         weights = expert_compute.ExpertWeights(
             self.gate_proj[...], self.up_proj[...], self.down_proj[...]
         )
-        y_TD, dropped = expert_compute.compute_with_drops(self.backend)(
+        y_TD, dropped = expert_compute.compute_with_drops(backend or self.backend)(
             x_TD,
             routing.expert_idx_TK,
             routing.weights_TK,

@@ -8,7 +8,7 @@ import pytest
 from ling_jax.ops import dispatch, expert_compute
 from ling_jax.ops.expert_compute import ExpertWeights
 
-BACKENDS = ["dense", "ragged_dot", "blocked"]
+BACKENDS = ["dense", "ragged_dot", "blocked", "all_experts"]
 
 
 def _problem(tokens=48, hidden=16, width=8, experts=8, top_k=3, seed=0, skew=False):
@@ -52,7 +52,7 @@ def test_forward_matches_numpy(backend, skew):
     np.testing.assert_allclose(out, _numpy_moe(x, idx, w, weights), atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["ragged_dot", "blocked"])
+@pytest.mark.parametrize("backend", ["ragged_dot", "blocked", "all_experts"])
 def test_gradients_match_dense(backend):
     x, idx, w, weights = _problem(seed=1, skew=True)
     probe = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
@@ -179,3 +179,17 @@ def test_blocked_tail_chunks_skip_only_empty_blocks(num_used_experts):
     got = jax.grad(lambda *a: loss("blocked", *a), argnums=(0, 1, 2))(*args)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 8, 32])
+def test_all_experts_is_bitwise_blocked_on_decode_shapes(dtype, tokens):
+    """Decode steps swap `blocked` for `all_experts`: greedy tokens must not change, so the
+    values must be the same bits (same products, fp32 accumulation and combine)."""
+    x, idx, w, weights = _problem(tokens=tokens, hidden=64, width=32, experts=16, top_k=4,
+                                  seed=tokens)
+    args = (jnp.asarray(x, dtype), jnp.asarray(idx), jnp.asarray(w),
+            ExpertWeights(*(jnp.asarray(a, dtype) for a in weights)))
+    out = {name: np.asarray(jax.jit(lambda *a, name=name: expert_compute.get(name)(
+        *a, dtype=dtype))(*args)) for name in ("blocked", "all_experts")}
+    np.testing.assert_array_equal(out["all_experts"], out["blocked"])
