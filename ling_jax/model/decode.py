@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
-from ling_jax.ops import all_experts, scan_bits
+from ling_jax.ops import scan_bits
 from ling_jax.ops.attention_mask import AttentionMask
 
 Cache = dict[str, tuple[jax.Array, jax.Array]]  # stack name -> (k, v) [L, B, S, K, H]
@@ -100,20 +100,9 @@ def _layer_cached(layer, x_BTD, cos, sin, mask: AttentionMask, k_BSKH, v_BSKH, i
     backend = None if mask.q_offset is None else "reference"
     x_BTD = x_BTD + layer.attn.output(layer.attn.attend(q, k_BSKH, v_BSKH, mask, backend))
     h = layer.post_attn_norm(x_BTD)
-    if layer.use_moe:  # MoE returns (y, counts, logits, dropped)
-        y = layer.mlp(h, backend=_step_backend(layer.mlp, h.shape[0] * h.shape[1]))[0]
-    else:
-        y = layer.mlp(h)
+    # MoE returns (y, counts, logits, dropped); decoding never differentiates.
+    y = layer.mlp(h, inference=True)[0] if layer.use_moe else layer.mlp(h)
     return x_BTD + y, k_BSKH, v_BSKH
-
-
-def _step_backend(moe, num_tokens: int) -> str | None:
-    """`all_experts` in place of the automatic `blocked` for a decode step's few tokens (the
-    same values from fewer, larger matmuls: ops.all_experts); None keeps the configured one."""
-    if (moe.backend == "blocked" and not moe.block_size
-            and all_experts.preferred(num_tokens, moe.top_k, moe.gate_proj.shape[0])):
-        return "all_experts"
-    return None
 
 
 def _stack_cached(stack, x_BTD, cos, sin, mask, kv: tuple[jax.Array, jax.Array], index):

@@ -31,11 +31,12 @@ class DecoderLayer(nnx.Module):
                 quant=linear_quant(cfg),
             )
 
-    def __call__(self, x_BTD, cos, sin, mask, token_mask_BT=None):
-        """Returns (x, (expert counts [E], router logits [B,T,E], dropped rows)); None for dense."""
+    def __call__(self, x_BTD, cos, sin, mask, token_mask_BT=None, *, inference: bool = False):
+        """Returns (x, (expert counts [E], router logits [B,T,E], dropped rows)); None for dense.
+        inference=True: no gradient flows through this call (MoE.inference_backend)."""
         x_BTD = x_BTD + self.attn(self.input_norm(x_BTD), cos, sin, mask)
         h = self.post_attn_norm(x_BTD)
         if not self.use_moe:
             return x_BTD + self.mlp(h), None
-        y, counts, logits, dropped = self.mlp(h, token_mask_BT)
+        y, counts, logits, dropped = self.mlp(h, token_mask_BT, inference=inference)
         return x_BTD + y, (counts, logits, dropped)

@@ -10,7 +10,7 @@ from ling_jax.config.model import expert_backend, linear_quant, shared_expert_wi
 from ling_jax.model.linear import param
 from ling_jax.model.mlp import SwiGLU
 from ling_jax.model.router import expert_counts, route_tokens
-from ling_jax.ops import expert_compute
+from ling_jax.ops import all_experts, expert_compute
 
 
 class ExpertBias(nnx.Variable):
@@ -54,12 +54,23 @@ class MoE(nnx.Module):
                 quant=linear_quant(cfg),
             )
 
+    def inference_backend(self, num_tokens: int) -> str:
+        """The backend for a forward no gradient will flow through: with the automatic `blocked`,
+        `all_experts` for a few tokens (decode steps) and `tiered` for more in bf16 — the same
+        bits from faster matmuls (ops.all_experts, ops.tiered); otherwise the configured one."""
+        if self.backend != "blocked" or self.block_size:
+            return self.backend
+        if all_experts.preferred(num_tokens, self.top_k, self.gate_proj.shape[0]):
+            return "all_experts"
+        return "tiered" if jnp.dtype(self.dtype) == jnp.bfloat16 else self.backend
+
     def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None, *,
-                 backend: str | None = None):
+                 inference: bool = False):
         """Returns (y [B,T,D], tokens per expert [E] int32, router logits [B,T,E] fp32,
         (token, slot) rows dropped by an expert-parallel capacity, int32 scalar).
-        backend: an expert-compute backend for this call instead of the configured one."""
+        inference=True: no gradient flows through this call (see `inference_backend`)."""
         batch, length, hidden = x_BTD.shape
+        backend = self.inference_backend(batch * length) if inference else self.backend
         x_TD = x_BTD.reshape(batch * length, hidden)
         routing = route_tokens(
             x_TD,
@@ -73,7 +84,7 @@ class MoE(nnx.Module):
         weights = expert_compute.ExpertWeights(
             self.gate_proj[...], self.up_proj[...], self.down_proj[...]
         )
-        y_TD, dropped = expert_compute.compute_with_drops(backend or self.backend)(
+        y_TD, dropped = expert_compute.compute_with_drops(backend)(
             x_TD,
             routing.expert_idx_TK,
             routing.weights_TK,

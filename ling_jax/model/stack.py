@@ -54,8 +54,9 @@ def apply_stack(
 ):
     """Run the layers in order; returns (x, stacked per-layer aux or None).
 
-    frozen: no gradient flows to the layers' parameters (inference), so a scan reads bf16
-    weights as raw bits (`ops.scan_bits`: XLA:CPU would convert the whole stack to f32 per call).
+    frozen: no gradient flows through the layers (inference), so a scan reads bf16 weights as
+    raw bits (`ops.scan_bits`: XLA:CPU would convert the whole stack to f32 per call) and MoE
+    layers pick their inference backend (`MoE.inference_backend`).
     """
     graphdef, state = nnx.split(stack)
     dtypes = scan_bits.dtypes_of(state) if frozen and scan else None
@@ -66,7 +67,7 @@ def apply_stack(
         if dtypes is not None:
             layer_state = scan_bits.from_bits(layer_state, dtypes)
         layer = nnx.merge(graphdef, layer_state)
-        x, aux = layer(x, cos, sin, mask, token_mask)
+        x, aux = layer(x, cos, sin, mask, token_mask, inference=frozen)
         return constrain(x, ("batch", "seq", "embed")), aux
 
     if remat_policy != "none":

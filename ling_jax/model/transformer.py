@@ -78,8 +78,7 @@ class LingForCausalLM(nnx.Module):
 
         mtp=False skips the MTP layers (inference and RL log-probs never read them): mtp_logits is
         then [0, B, T, V] and the counts / router logits cover the MoE stack only.
-        frozen=True: no gradient will be taken with respect to the layers (inference; see
-        `apply_stack`)."""
+        frozen=True: no gradient will flow through the layers (inference; see `apply_stack`)."""
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
