@@ -6,8 +6,8 @@ from ling_jax.config.model import ARCHITECTURE_DEFAULTS, FP8_EXPERT_BACKENDS, RU
 
 DTYPES = ("float32", "bfloat16")
 # Names of ling_jax.ops.expert_compute backends (config/ imports nothing of ours; ops checks the match).
-MOE_BACKENDS = ("blocked", "all_experts", "tiered", "ragged_dot", "dense", "pallas_fp8",
-                "megablox", "blocked_fp8", "ep_all_to_all", "ep_ragged_all_to_all")
+MOE_BACKENDS = ("blocked", "all_experts", "ragged_dot", "dense", "pallas_fp8", "megablox",
+                "blocked_fp8", "ep_all_to_all", "ep_ragged_all_to_all")
 # Names of ling_jax.ops.attention_registry backends (the ops tests check the match).
 ATTENTION_BACKENDS = ("reference", "tiled", "splash")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload")

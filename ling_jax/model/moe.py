@@ -55,14 +55,13 @@ class MoE(nnx.Module):
             )
 
     def inference_backend(self, num_tokens: int) -> str:
-        """The backend for a forward no gradient will flow through: with the automatic `blocked`,
-        `all_experts` for a few tokens (decode steps) and `tiered` for more in bf16 — the same
-        bits from faster matmuls (ops.all_experts, ops.tiered); otherwise the configured one."""
-        if self.backend != "blocked" or self.block_size:
-            return self.backend
-        if all_experts.preferred(num_tokens, self.top_k, self.gate_proj.shape[0]):
+        """The backend for a forward no gradient will flow through: `all_experts` in place of the
+        automatic `blocked` for a few tokens (decode steps; the same values from fewer, larger
+        matmuls: ops.all_experts); otherwise the configured one."""
+        if (self.backend == "blocked" and not self.block_size
+                and all_experts.preferred(num_tokens, self.top_k, self.router.shape[-1])):
             return "all_experts"
-        return "tiered" if jnp.dtype(self.dtype) == jnp.bfloat16 else self.backend
+        return self.backend
 
     def __call__(self, x_BTD: jax.Array, token_mask_BT: jax.Array | None = None, *,
                  inference: bool = False):

@@ -4,8 +4,7 @@ A backend maps (x [T,D], routing, expert weights) to the routed output [T,D] in 
     y_t = Σ_k w_tk · SwiGLU_{e_tk}(x_t)
 `dense` is the test reference; `ragged_dot` is XLA's grouped matmul (≈E× the work on XLA:CPU);
 `blocked` is the fast CPU backend: rows sorted by expert into aligned blocks, one batched einsum;
-`all_experts` runs every expert on every token (decode steps use it in place of `blocked`);
-`tiered` is `blocked`'s values with faster forward-only matmuls (inference uses it).
+`all_experts` runs every expert on every token (decode steps use it in place of `blocked`).
 Backend modules register themselves in ling_jax.ops.backend_registry (which imports none of them);
 this catalog imports each one after the registry: ep_transport (ep_all_to_all,
 ep_ragged_all_to_all) and fp8_linear (blocked_fp8) here, the Pallas backends (pallas_fp8,
@@ -25,7 +24,6 @@ from ling_jax.ops import (  # noqa: F401  (register)
     backend_registry,
     ep_transport,
     fp8_linear,
-    tiered,
 )
 from ling_jax.ops.backend_registry import Backend, ExpertWeights, register
 from ling_jax.ops.blocked import blocked

@@ -234,8 +234,10 @@ def test_group_prefill_once_equals_repeated_prompts(model, prompts, full_logits)
     assert any((t[0] != t[1]).any() for t in tokens)
 
 
-def test_bfloat16_cache_scan_is_bitwise_a_plain_scan():
-    """`_stack_cached` scans bf16 weights and cache as raw bits: bit-identical to a plain scan."""
+@pytest.mark.parametrize("unroll", [False, True])
+def test_bfloat16_cache_scan_is_bitwise_a_plain_scan(unroll):
+    """`_stack_cached` reads bf16 weights and cache as raw bits, scanned or unrolled (XLA:CPU):
+    bit-identical to a plain scan."""
     cfg = small_config()
     cfg.update(dict(dtype="bfloat16", param_dtype="bfloat16"))
     model = LingForCausalLM(cfg, rngs=nnx.Rngs(4))
@@ -260,8 +262,27 @@ def test_bfloat16_cache_scan_is_bitwise_a_plain_scan():
 
         return jax.lax.scan(body, x, (state, *kv))
 
-    bits = nnx.jit(lambda s, x, kv: decode._stack_cached(s, x, cos, sin, mask, kv, 6))
-    want, got = nnx.jit(plain)(model.moe_layers, x, cache), bits(model.moe_layers, x, cache)
+    bits = nnx.jit(lambda s, x, kv: decode._stack_cached(
+        decode.frozen_stacks(s)["moe_layers"], x, cos, sin, mask, kv, 6, unroll=unroll))
+    want, got = nnx.jit(plain)(model.moe_layers, x, cache), bits(model, x, cache)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert a.dtype == b.dtype == jnp.bfloat16
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_bfloat16_generation_is_the_same_scanned_or_unrolled(prompts, monkeypatch):
+    """Greedy tokens and their log-probs in bf16: unrolled decoding (XLA:CPU) is bit-identical to
+    the scanned layers."""
+    cfg = small_config()
+    cfg.update(dict(dtype="bfloat16", param_dtype="bfloat16"))
+    model = LingForCausalLM(cfg, rngs=nnx.Rngs(5))
+    ids, lengths = decode.left_pad(prompts)
+    out = {}
+    for unroll in (False, True):
+        monkeypatch.setattr(decode, "unroll_layers", lambda unroll=unroll: unroll)
+        run = nnx.jit(lambda m, i, n: decode.generate(
+            m, i, n, jax.random.key(0), max_new_tokens=6,
+            sampling=decode.SamplingParams(temperature=0.0)))
+        out[unroll] = jax.device_get(run(model, jnp.asarray(ids), jnp.asarray(lengths)))
+    np.testing.assert_array_equal(out[True].tokens, out[False].tokens)
+    np.testing.assert_array_equal(out[True].logprobs, out[False].logprobs)

@@ -148,11 +148,11 @@ def test_bfloat16_params_are_stored_in_bfloat16():
 
 
 def test_frozen_forward_is_bitwise_the_plain_forward_in_bfloat16():
-    """frozen=True scans bf16 weights as raw bits and runs the MoE's inference backend (`tiered`
-    at 128 tokens): outputs are bit-identical."""
+    """frozen=True scans bf16 weights as raw bits and runs the MoE's inference backend
+    (`all_experts` at 24 tokens): outputs are bit-identical."""
     model, cfg = _tiny(dtype="bfloat16", param_dtype="bfloat16")
-    ids = jax.random.randint(jax.random.key(5), (2, 64), 0, cfg.vocab_size)
-    assert model.moe_layers.mlp.inference_backend(ids.size) == "tiered"
+    ids = jax.random.randint(jax.random.key(5), (2, 12), 0, cfg.vocab_size)
+    assert model.moe_layers.mlp.inference_backend(ids.size) == "all_experts"
     run = nnx.jit(lambda m, ids, frozen: m(ids, mtp=False, frozen=frozen), static_argnums=2)
     plain, frozen = run(model, ids, False), run(model, ids, True)
     np.testing.assert_array_equal(np.asarray(frozen.logits), np.asarray(plain.logits))
