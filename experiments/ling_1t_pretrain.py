@@ -69,7 +69,12 @@ def get_config(variant: str = "v5p"):
     cfg = paper_pretrain(get_preset("ling_1t"), peak_lr=1.86e-4, batch_4k=18144)
     cfg.model.moe_backend = "ep_ragged_all_to_all"  # expert parallelism; "ep_all_to_all" on CPU/GPU
     cfg.model.attention_backend = "splash"  # Pallas TPU kernel; "tiled" on CPU/GPU
-    cfg.model.remat_policy = "full"
+    # Recompute every layer in the backward, its input kept in host memory (21 GB per chip at
+    # 128K: 80 layers x 16K tokens x 8192 x bf16).
+    cfg.model.remat_policy = "offload_layer_inputs"
+    # The LM and MTP losses run over 8 token chunks: fp32 [tokens, 157K] logits and their gradient
+    # (10 GB each at 16K tokens per chip, twice with MTP) live 1/8 at a time.
+    cfg.model.loss_chunks = 8
     cfg.mesh = mesh_block(**mesh, rules="fsdp_ep", capacity_factor=1.25,
                           ep_local_backend="ragged_dot")
     # 4K: batch = batch shards × microbatches × sequences per shard per microbatch.

@@ -60,6 +60,9 @@ RUNTIME_DEFAULTS: dict = dict(
     attention_backend="reference",  # key of ling_jax.ops.attention_registry: reference/tiled/splash
     attention_block_q=512,  # query rows per tile (`tiled`, `splash`; splash wants multiples of 128)
     attention_block_kv=512,  # key rows per tile
+    # Train loss over this many strided token chunks (ops.token_loss): [tokens, vocab] logits of
+    # 1/n of the tokens live at a time, the backward recomputes them; 1 = all logits at once.
+    loss_chunks=1,
     # Blockwise FP8 training (reference §5): QKV/output, dense MLP and shared-expert projections in
     # FP8, and the routed experts through the FP8 twin of moe_backend (FP8_EXPERT_BACKENDS).
     fp8=False,

@@ -10,7 +10,8 @@ MOE_BACKENDS = ("blocked", "all_experts", "ragged_dot", "dense", "pallas_fp8", "
                 "blocked_fp8", "ep_all_to_all", "ep_ragged_all_to_all")
 # Names of ling_jax.ops.attention_registry backends (the ops tests check the match).
 ATTENTION_BACKENDS = ("reference", "tiled", "splash")
-REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload",
+                  "offload_layer_inputs")
 YARN_KEYS = (
     "type",
     "rope_type",
@@ -46,6 +47,7 @@ def _positive_ints(cfg) -> None:
         "n_group",
         "topk_group",
         "moe_intermediate_size",
+        "loss_chunks",
     ):
         value = cfg[field]
         _require(

@@ -4,7 +4,8 @@ Collectives are read from the compiled (SPMD-partitioned) HLO text: every all-ga
 reduce-scatter, all-reduce, all-to-all, ragged-all-to-all and collective-permute (sync or
 async `-start`), with its operand bytes and replica-group size, multiplied by how often it runs:
 a while loop's body counts `known_trip_count` times (scanned layers, microbatches), nested loops
-multiply. Bytes on the wire per device follow the ring algorithms: all-gather (n-1)·operand,
+multiply; where the compiler printed no trip count (libtpu), the bound N of the loop's condition
+`counter < N` is used. Bytes on the wire per device follow the ring algorithms: all-gather (n-1)·operand,
 reduce-scatter and all-to-all (n-1)/n·operand, all-reduce 2(n-1)/n·operand, collective-permute
 the operand. Estimated times per step, per device:
     compute    = model FLOPs / peak bf16 FLOP/s        (XLA's FLOPs count loop bodies once)
@@ -29,6 +30,7 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u1
 _SHAPE = re.compile(r"\b([a-z0-9]+)\[([0-9,]*)\]")
 _OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _TRIP = re.compile(r'known_trip_count[^0-9]*(\d+)')
+_S32_CONSTANT = re.compile(r"=\s*s32\[\][^=]*\bconstant\((\d+)\)")
 
 
 def _shape_bytes(text: str) -> int:
@@ -86,18 +88,38 @@ def _computations(hlo: str) -> dict[str, list[str]]:
     return comps
 
 
+def _condition_bound(lines: list[str]) -> int | None:
+    """N of a loop condition `counter < N` (a compare LT against one s32 constant): the trip count
+    of a loop counting from 0. libtpu's optimized HLO carries no known_trip_count annotation."""
+    if not any("direction=LT" in line for line in lines):
+        return None
+    bounds = [int(m) for line in lines for m in _S32_CONSTANT.findall(line)]
+    return bounds[0] if len(bounds) == 1 else None
+
+
+def _trip_count(line: str, comps: dict[str, list[str]], names: dict[str, str]) -> int | None:
+    """A while op's trip count: its known_trip_count, else its condition's bound (None: unknown)."""
+    trip = _TRIP.search(line)
+    if trip:
+        return int(trip.group(1))
+    cond = re.search(r"\bcondition=%?([\w.\-]+)", line)
+    if cond and cond.group(1) in names:
+        return _condition_bound(comps[names[cond.group(1)]])
+    return None
+
+
 def _multipliers(comps: dict[str, list[str]]) -> dict[str, float]:
     """How often each computation runs per step (while bodies × trip count, nested)."""
     names = {n.removeprefix("ENTRY:"): n for n in comps}
     calls: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
     for name, lines in comps.items():
         for line in lines:
-            trip = _TRIP.search(line)
+            trip = _trip_count(line, comps, names)
             for attr, callee in re.findall(
                     r"\b(body|condition|to_apply|calls|branch_computations|called_computations)"
                     r"=\{?%?([\w.\-]+)", line):  # tpu7x wraps collectives in custom-calls
                 if callee in names:
-                    weight = float(trip.group(1)) if (trip and attr == "body") else 1.0
+                    weight = float(trip) if (trip is not None and attr == "body") else 1.0
                     calls[name].append((names[callee], weight))
     mult: dict[str, float] = collections.defaultdict(float)
     entry = [n for n in comps if n.startswith("ENTRY:")]

@@ -10,6 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from ling_jax.model.decoder import DecoderLayer
 from ling_jax.model.logical import constrain
@@ -21,6 +22,11 @@ REMAT_POLICIES = {
     "save_dots": jax.checkpoint_policies.checkpoint_dots,
     "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    # Recompute everything (like "full"), but keep each layer's input in host memory instead of
+    # HBM: at long context the per-layer inputs are the largest saved activations.
+    "offload_layer_inputs": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"],
+        offload_src="device", offload_dst="pinned_host"),
 }
 
 
@@ -67,6 +73,7 @@ def apply_stack(
         if dtypes is not None:
             layer_state = scan_bits.from_bits(layer_state, dtypes)
         layer = nnx.merge(graphdef, layer_state)
+        x = checkpoint_name(x, "layer_input")  # the residual "offload_layer_inputs" moves to host
         x, aux = layer(x, cos, sin, mask, token_mask, inference=frozen)
         return constrain(x, ("batch", "seq", "embed")), aux
 

@@ -24,14 +24,17 @@ ACTIVATION_AXES = ("batch", "seq", "embed")
 
 
 class ModelOutput(NamedTuple):
-    logits: jax.Array  # [B, T, V] fp32
-    mtp_logits: jax.Array  # [n_mtp, B, T, V] fp32 (n_mtp may be 0)
+    logits: jax.Array | None  # [B, T, V] fp32 (None with return_hidden=True)
+    mtp_logits: jax.Array | None  # [n_mtp, B, T, V] fp32 (n_mtp may be 0; None likewise)
     expert_counts: jax.Array  # [n_moe + n_mtp, E] int32: MoE stack layers, then MTP layers
     router_logits: jax.Array  # [n_moe + n_mtp, B, T, E] fp32, same order
     ep_dropped: jax.Array | None = None  # [n_moe + n_mtp] int32 rows dropped by EP capacity
     # Under context parallelism the model runs (and returns logits/router logits) in zig-zag token
     # order: position t of the outputs is input position order[t]. None: natural order.
     order: jax.Array | None = None
+    # With return_hidden=True: the normed hidden states the head reads, in place of logits.
+    hidden: jax.Array | None = None  # [B, T, D]
+    mtp_hidden: jax.Array | None = None  # [n_mtp, B, T, D]
 
 
 def reorder(x_BT: jax.Array, order) -> jax.Array:
@@ -72,13 +75,16 @@ class LingForCausalLM(nnx.Module):
         *,
         mtp: bool = True,
         frozen: bool = False,
+        return_hidden: bool = False,
     ) -> ModelOutput:
         """input_ids [B,T]; positions restart per packed document; segment_ids 0 marks padding.
         Under context parallelism the outputs come in `ModelOutput.order` (see `reorder`).
 
         mtp=False skips the MTP layers (inference and RL log-probs never read them): mtp_logits is
         then [0, B, T, V] and the counts / router logits cover the MoE stack only.
-        frozen=True: no gradient will flow through the layers (inference; see `apply_stack`)."""
+        frozen=True: no gradient will flow through the layers (inference; see `apply_stack`).
+        return_hidden=True returns the head's inputs (`hidden`, `mtp_hidden`) instead of logits,
+        for losses that run the head themselves (ops.token_loss, in token chunks)."""
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
@@ -107,35 +113,37 @@ class LingForCausalLM(nnx.Module):
             router_logits.append(r)
             dropped.append(d)
         return self._heads(x, natural_ids, embed, cos, sin, mask, token_mask,
-                           (counts, router_logits, dropped), order, mtp=mtp)
+                           (counts, router_logits, dropped), order, mtp=mtp,
+                           return_hidden=return_hidden)
 
     def _heads(self, x, input_ids, embed, cos, sin, mask, token_mask, aux,
-               order=None, *, mtp: bool = True) -> ModelOutput:
+               order=None, *, mtp: bool = True, return_hidden: bool = False) -> ModelOutput:
         """Final norm, MTP layers and logits after the MoE stack; aux holds the stack's lists of
         (expert counts, router logits, dropped EP rows), to which the MTP layers' are appended.
         input_ids in natural order (MTP shifts them across context shards before reordering).
         Shared with parallel.pipeline.PipelinedLing."""
         counts, router_logits, dropped = aux
         batch, length = input_ids.shape
-        h = self.final_norm(x)
-        mtp_logits, ids = [], input_ids
+        h = final = self.final_norm(x)
+        mtp_hidden, ids = [], input_ids
         for layer in self.mtp_layers if mtp else ():
             ids = shift_left(ids)
             emb = jnp.take(embed, reorder(ids, order), axis=0).astype(self.dtype)
             h, (c, r, d) = layer(h, constrain(emb, ACTIVATION_AXES), cos, sin, mask, token_mask)
-            mtp_logits.append(self.logits(h))
+            mtp_hidden.append(h)
             counts.append(c[None])
             router_logits.append(r[None])
             dropped.append(d[None])
-        logits = self.logits(h if not mtp_logits else self.final_norm(x))
         n_exp = self.cfg.num_experts
+        if return_hidden:
+            logits = mtp_logits = None
+        else:
+            logits = self.logits(final)
+            mtp_logits = (jnp.stack([self.logits(m) for m in mtp_hidden]) if mtp_hidden else
+                          jnp.zeros((0, batch, length, self.cfg.vocab_size), jnp.float32))
         return ModelOutput(
             logits=logits,
-            mtp_logits=(
-                jnp.stack(mtp_logits)
-                if mtp_logits
-                else jnp.zeros((0, batch, length, self.cfg.vocab_size), jnp.float32)
-            ),
+            mtp_logits=mtp_logits,
             expert_counts=(jnp.concatenate(counts) if counts else jnp.zeros((0, n_exp), jnp.int32)),
             router_logits=(
                 jnp.concatenate(router_logits)
@@ -144,4 +152,8 @@ class LingForCausalLM(nnx.Module):
             ),
             ep_dropped=jnp.concatenate(dropped) if dropped else jnp.zeros((0,), jnp.int32),
             order=None if order is None else jnp.asarray(order, jnp.int32),
+            hidden=final if return_hidden else None,
+            mtp_hidden=((jnp.stack(mtp_hidden) if mtp_hidden else
+                         jnp.zeros((0, batch, length, final.shape[-1]), final.dtype))
+                        if return_hidden else None),
         )

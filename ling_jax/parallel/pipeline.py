@@ -134,7 +134,8 @@ class PipelinedLing(LingForCausalLM):
         super().__init__(cfg, rngs=rngs)
         self.pipeline = pipeline
 
-    def __call__(self, input_ids, positions=None, segment_ids=None) -> ModelOutput:
+    def __call__(self, input_ids, positions=None, segment_ids=None, *,
+                 return_hidden: bool = False) -> ModelOutput:
         cfg = self.cfg
         batch, length = input_ids.shape
         if positions is None:
@@ -158,7 +159,7 @@ class PipelinedLing(LingForCausalLM):
             router_logits.append(r)
             dropped.append(d)
         return self._heads(x, input_ids, embed, cos, sin, mask, token_mask,
-                           (counts, router_logits, dropped))
+                           (counts, router_logits, dropped), return_hidden=return_hidden)
 
 
 def pipelined_graphdef(graphdef, abstract_params, abstract_biases, settings: PipelineSettings):

@@ -13,14 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-
-def _token_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """-log softmax(logits)[target] per position in float32; 0 where masked."""
-    logits = jnp.asarray(logits, jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)  # max-shifted, numerically stable
-    safe_targets = jnp.where(mask, targets, 0)  # masked targets may be anything (e.g. -100)
-    picked = jnp.take_along_axis(logits, safe_targets[..., None].astype(jnp.int32), axis=-1)
-    return jnp.where(mask, lse - picked[..., 0], 0.0)
+from ling_jax.ops.token_loss import token_nll
 
 
 def next_token_loss(
@@ -37,7 +30,7 @@ def next_token_loss(
             f"{jnp.shape(targets)}, loss_mask {jnp.shape(loss_mask)}"
         )
     mask = jnp.asarray(loss_mask).astype(bool)
-    nll = _token_nll(logits, targets, mask)
+    nll = token_nll(logits, targets, mask)
     return jnp.sum(nll), jnp.sum(mask, dtype=jnp.int32)
 
 

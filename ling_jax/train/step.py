@@ -7,6 +7,7 @@ of K accumulated microbatches equals that of one big batch exactly (not a mean o
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -15,8 +16,9 @@ import optax
 from flax import nnx
 
 from ling_jax.model.transformer import reorder
+from ling_jax.ops.token_loss import head_nll_sum
 from ling_jax.train.balancing import load_metrics, update_expert_bias
-from ling_jax.train.losses import mtp_targets, next_token_loss, z_loss
+from ling_jax.train.losses import mtp_targets, z_loss
 from ling_jax.train.optimizer import current_lr, global_norm
 
 TrainState = dict[str, Any]  # {"params", "biases", "opt_state", "step"}
@@ -44,15 +46,18 @@ def _normalisers(batch: dict, num_mtp: int) -> dict:
 
 def _micro_loss(params, biases, mb: dict, norms: dict, graphdef, sc: StepConfig):
     model = nnx.merge(graphdef, params, biases)
-    out = model(mb["inputs"], mb["positions"], mb["segment_ids"])
+    out = model(mb["inputs"], mb["positions"], mb["segment_ids"], return_hidden=True)
     # Targets are built in natural order, then put in the model's (context-parallel) token order.
     order = lambda x: reorder(x, out.order)
-    lm_sum, _ = next_token_loss(out.logits, order(mb["targets"]), order(mb["loss_mask"]))
+    # The head runs inside the loss, over cfg.loss_chunks token chunks (ops.token_loss).
+    nll = functools.partial(head_nll_sum, head_DV=model.lm_head[...], dtype=model.dtype,
+                            chunks=model.cfg.loss_chunks)
+    lm_sum = nll(out.hidden, targets_BT=order(mb["targets"]), mask_BT=order(mb["loss_mask"]))
     loss = lm_sum / norms["lm"]
     mtp_sums = []
     for d in range(sc.num_mtp):
         targets, mask = mtp_targets(mb["targets"], mb["loss_mask"], mb["segment_ids"], depth=d + 1)
-        s, _ = next_token_loss(out.mtp_logits[d], order(targets), order(mask))
+        s = nll(out.mtp_hidden[d], targets_BT=order(targets), mask_BT=order(mask))
         mtp_sums.append(s)
         loss = loss + sc.mtp_weight / sc.num_mtp * s / norms["mtp"][d]
     token_mask = order(mb["segment_ids"]) > 0

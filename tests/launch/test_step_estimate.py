@@ -83,3 +83,29 @@ def test_estimate_uses_the_published_figures_per_device():
     assert est.mfu_bound == pytest.approx(1.0)
     slow = estimate(tpu7x, 1153.5e12, 600e9 * 4)  # per device: 1 s compute, 4 s ICI
     assert slow.mfu_bound == pytest.approx(0.25)
+
+
+# libtpu's optimized HLO prints no known_trip_count: the loop bound comes from its condition.
+_TPU_LOOP = """HloModule m
+
+%cond.7 (wide.param: (s32[], bf16[2,8])) -> pred[] {
+  %constant.1 = s32[]{:T(128)} constant(76)
+  %wide.param = (s32[]{:T(128)}, bf16[2,8]{1,0}) parameter(0)
+  %gte = s32[]{:T(128)} get-tuple-element(%wide.param), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%gte, %constant.1), direction=LT, backend_config={"flag_configs":[]}
+}
+
+%body.7 (wide.param.1: (s32[], bf16[2,8])) -> (s32[], bf16[2,8]) {
+  %ar = f32[32]{0} all-reduce(%a), replica_groups=[1,8]<=[8], to_apply=%add
+}
+
+ENTRY %main (a: f32[32]) -> f32[32] {
+  %w = (s32[], bf16[2,8]{1,0}) while(%t), condition=%cond.7, body=%body.7, backend_config={}
+}
+"""
+
+
+def test_loop_without_a_printed_trip_count_runs_its_condition_bound():
+    got = collective_bytes(_TPU_LOOP, 8)
+    assert got["all-reduce"]["count"] == 76
+    assert got["all-reduce"]["wire_bytes"] == pytest.approx(76 * 128 * 2 * 7 / 8)

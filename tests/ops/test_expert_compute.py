@@ -196,3 +196,31 @@ def test_inference_backends_are_bitwise_blocked(backend, dtype, tokens, skew):
     out = {name: np.asarray(jax.jit(lambda *a, name=name: expert_compute.get(name)(
         *a, dtype=dtype))(*args)) for name in ("blocked", backend)}
     np.testing.assert_array_equal(out[backend], out["blocked"])
+
+
+def test_ragged_dot_backward_runs_in_the_operand_dtype():
+    """The ragged_dot backend's grouped matmul: fp32 gradients equal autodiff's (random groups,
+    an empty one); with bf16 operands the forward and both backward grouped matmuls take bf16
+    operands (no fp32 [rows, D] cotangent, as ops.mixed_einsum for dense dots) and the weight
+    gradient is accumulated and returned in fp32."""
+    from ling_jax.ops.expert_compute import _ragged_dot
+
+    rng = np.random.default_rng(3)
+    lhs = jnp.asarray(rng.standard_normal((12, 8)), jnp.float32)
+    rhs = jnp.asarray(rng.standard_normal((4, 8, 6)), jnp.float32)
+    sizes = jnp.array([5, 0, 4, 3], jnp.int32)
+    g = jnp.asarray(rng.standard_normal((12, 6)), jnp.float32)
+    plain = jax.grad(lambda a, b: jnp.sum(jax.lax.ragged_dot(a, b, sizes) * g), (0, 1))(lhs, rhs)
+    ours = jax.grad(lambda a, b: jnp.sum(_ragged_dot(a, b, sizes) * g), (0, 1))(lhs, rhs)
+    for want, got in zip(plain, ours, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    bf = lambda x: x.astype(jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(_ragged_dot(a, b, sizes) * g), (0, 1)))(
+        bf(lhs), bf(rhs))
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name.startswith("ragged_dot")]
+    dots += [e for eq in jaxpr.jaxpr.eqns for sub in jax.core.jaxprs_in_params(eq.params)
+             for e in sub.eqns if e.primitive.name.startswith("ragged_dot")]
+    assert len(dots) == 3, [e.primitive.name for e in dots]  # forward + two backward
+    for e in dots:  # bf16 operands; the weight gradient (the only fp32 result) accumulates fp32
+        assert all(v.aval.dtype == jnp.bfloat16 for v in e.invars[:2]), e
+    assert [e.outvars[0].aval.dtype for e in dots].count(jnp.float32) == 1

@@ -4,7 +4,8 @@ The sequence is sharded over `context` in zig-zag order; attention gathers K/V; 
 tokens and targets cross shard boundaries; MoE dispatch (EP all-to-all over `expert`) and the
 losses see sequence-sharded tokens. The random batch packs two documents per row and pads one.
 Both slow (~100 s and ~450 s on a shared 2-core CPU): gradients of one step on context 4 × data 2
-(tiled attention), and three steps on context 2 × expert 2 × data 2 with EP and the parameters after.
+(tiled attention, the loss over 4 token chunks), and three steps on context 2 × expert 2 × data 2
+with EP and the parameters after.
 """
 
 import functools
@@ -20,9 +21,10 @@ from tests.parallel.helpers import random_batch, rel, run_steps, small_cfg, step
 METRICS = ("loss", "lm_loss", "mtp_loss", "z_loss", "grad_norm")
 
 
-def _cfg(mesh=None, *, backend="blocked", attention="tiled"):
+def _cfg(mesh=None, *, backend="blocked", attention="tiled", loss_chunks=1):
     cfg = small_cfg(mesh, backend=backend)
     cfg.model.attention_backend = attention
+    cfg.model.loss_chunks = loss_chunks
     cfg.model.attention_block_q = cfg.model.attention_block_kv = 2  # several tiles per chunk
     return cfg
 
@@ -48,9 +50,9 @@ def _reference(attention: str, steps: int):
     return jax.device_get(state0), out, state, metrics
 
 
-def _sharded(mesh, backend, attention, steps):
+def _sharded(mesh, backend, attention, steps, loss_chunks=1):
     state0, *_ = _reference(attention, steps)
-    cfg = _cfg(mesh, backend=backend, attention=attention)
+    cfg = _cfg(mesh, backend=backend, attention=attention, loss_chunks=loss_chunks)
     fn, _, abstract = step_parts(cfg)
     plan = plan_for_experiment(cfg, abstract)
     placed = plan.place(jax.tree.map(np.asarray, state0))
@@ -73,7 +75,8 @@ def _assert_grads_match(want, got):
 
 @pytest.mark.slow
 def test_context4_data2_gradients_match_one_device():
-    plan, out, _, _ = _sharded(dict(context=4, data=2), "blocked", "tiled", 0)
+    # The sharded side also runs the loss over 4 strided token chunks (the reference: all at once).
+    plan, out, _, _ = _sharded(dict(context=4, data=2), "blocked", "tiled", 0, loss_chunks=4)
     assert plan.context_shards == 4
     assert plan.batch.spec == jax.sharding.PartitionSpec("data", "context")
     _assert_grads_match(_reference("tiled", 0)[1], out)

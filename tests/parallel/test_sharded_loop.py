@@ -28,7 +28,7 @@ def test_run_experiment_with_shard_fn_matches_one_device(tmp_path):
     assert gate.sharding.spec == plan.state["params"]["moe_layers"]["mlp"]["gate_proj"].spec
 
 
-@pytest.mark.parametrize("remat", ["full", "save_dots", "offload"])
+@pytest.mark.parametrize("remat", ["full", "save_dots", "offload", "offload_layer_inputs"])
 def test_remat_policies_under_the_mesh(remat):
     fn, make, _ = step_parts(small_cfg())
     state0 = make()
