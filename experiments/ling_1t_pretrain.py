@@ -18,35 +18,30 @@ batch shard per microbatch), 4K (32K) or 16K (128K) tokens per microbatch. 4K ne
 sequences per batch shard (`fit_long_phases`): 2268 → 2272 x 32K (+0.2%), 567 → 576 x 128K (+1.6%),
 since 2268 and 567 are not divisible by 32 batch shards.
 Measured (`ling-jax aot`, libtpu 0.0.52, per-chip bytes from XLA's memory analysis, full 80-layer
-step, remat full, splash attention (Mosaic), K/V all-gathered, EP ragged all-to-all, capacity 1.25;
-collective bytes per device per step from XLA's optimized-HLO dump; compile times on a shared
-2-core host with other compiles running):
-    default v5p:4x8x8 context_32k 2272 x 71: arguments 31.7, temporaries 37.3, peak 69.2 of 95 GB
-    (fits; 66.4 in an earlier build, difference not attributed); compile 1507 s (3022 s before
-    splash kernels were cached); XLA 1.26e14 FLOP/device (loop bodies once), model 1.28e17
-    FLOP/device per step → compute-bound estimate 280 s per step on v5p (459 TFLOP/s);
-    collectives 52.1 GB/device/step (all-reduce 43.2, ragged all-to-all 5.9, all-gather 2.9).
-    default v5p:4x8x8 yarn_128k 576 x 18: does NOT fit: compile-time HBM OOM, temporaries
-    104.2 GB > 95.7 GB (16K tokens per chip per microbatch); compile 963 s.
-    v5p:4x8x8 yarn_128k with --config.mesh.context=16 --config.mesh.expert=16
-    --config.phases.yarn_128k.microbatches=36 (576 x 36, 8K tokens per chip): arguments 31.7,
-    temporaries 56.0, peak 87.9 of 95 GB (fits); compile 624 s; model 2.46e17 FLOP/device per
-    step → estimate 535 s per step; collectives 67.4 GB/device/step. (4K/32K phases not compiled
-    on this mesh.)
-    :tpu7x tpu7x:4x8x8 context_32k 2304 x 36: arguments 15.8, temporaries 35.9, peak 51.9 of 96 GB
-    per device (fits); compile 741-920 s; model 6.51e16 FLOP/device per step → estimate 56 s per
-    step; collectives 49.6 GB/device/step (all-reduce 37.8, ragged all-to-all 6.0, reduce-scatter
-    3.8, all-gather 1.8).
-    :tpu7x yarn_128k with --config.mesh.context=16 --config.mesh.expert=32
-    --config.phases.yarn_128k.microbatches=18 (576 x 18): arguments 15.8, temporaries 58.4, peak
-    74.3 of 96 GB per device (fits); compile 984 s; model 1.23e17 FLOP/device per step → estimate
-    106 s per step; collectives 61.1 GB/device/step.
-Not measured: the v5p_512 variant, the 4K phase on the context meshes, tpu7x yarn_128k on the
-default mesh (context 8 x expert 64), the ring exchange (mesh.context_exchange='ring' runs the
-`tiled` kernels; splash needs all_gather) on the Ling-1T meshes.
+step, splash attention (Mosaic), K/V all-gathered, EP ragged all-to-all, capacity 1.25; collective
+bytes per device per step from XLA's optimized-HLO dump, loops multiplied out; compile times on a
+shared 2-core host). Since 2026-12-06 with the three long-context memory settings of this file:
+loss over 8 token chunks, remat offload_layer_inputs (layer inputs in host memory), ragged_dot
+backward in bf16:
+    default v5p:4x8x8 (GB per chip of 95; estimate per step on v5p, 459 TFLOP/s, 1.2 TB/s ICI)
+    phase        batch x mb   args   temp   peak  fits  compute  collectives (wire/device)
+    pretrain_4k  18144 x 63   31.7   32.7   64.6  yes   207 s    82.1 TB -> 68 s
+    context_32k   2272 x 71   31.7   31.5   63.4  yes   280 s    COLLECTIVES_32K
+    yarn_128k      576 x 18   31.7   60.9   92.9  yes   535 s    COLLECTIVES_128K
+    4K collectives: all-reduce 41.0 TB, all-gather 21.3, ragged all-to-all 19.4, reduce-scatter
+    0.3: gradients are all-reduced inside the microbatch loop (each microbatch, each layer), which
+    a sharded accumulation reduced once per step would cut (not done).
+    Before these settings: context_32k peak 69.2 GB; yarn_128k did NOT fit (temporaries 104.2 >
+    95.7 GB); loss chunks alone 96.4; + offload_layer_inputs 67.2 temp / 99.1 peak (the 80 layer
+    inputs, 21.5 GB, moved to host); + bf16 ragged_dot backward 60.9 / 92.9 (the fp32 [163840,
+    8192] cotangents of the expert matmuls were the largest live buffers: 5.4 GB each).
+    Earlier (2026-12-05, remat full, no loss chunks): :tpu7x context_32k 2304 x 36 peak 51.9 of
+    96 GB per device; yarn_128k with --config.mesh.context=16 --config.mesh.expert=32 peak 74.3;
+    v5p yarn_128k on context 16 x expert 16 (576 x 36) peak 87.9. Not re-measured with the new
+    settings: the tpu7x and v5p_512 variants.
 Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
 peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
-tpu7x 58.5 GB) are not repeated for the context meshes yet.
+tpu7x 58.5 GB).
 """
 
 from ling_jax.config import get_preset
