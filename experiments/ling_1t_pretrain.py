@@ -26,8 +26,8 @@ backward in bf16:
     default v5p:4x8x8 (GB per chip of 95; estimate per step on v5p, 459 TFLOP/s, 1.2 TB/s ICI)
     phase        batch x mb   args   temp   peak  fits  compute  collectives (wire/device)
     pretrain_4k  18144 x 63   31.7   32.7   64.6  yes   207 s    82.1 TB -> 68 s
-    context_32k   2272 x 71   31.7   31.5   63.4  yes   280 s    COLLECTIVES_32K
-    yarn_128k      576 x 18   31.7   60.9   92.9  yes   535 s    COLLECTIVES_128K
+    context_32k   2272 x 71   31.7   31.5   63.4  yes   280 s    74.9 TB -> 62 s
+    yarn_128k      576 x 18   31.7   60.9   92.9  yes   535 s    36.7 TB -> 31 s
     4K collectives: all-reduce 41.0 TB, all-gather 21.3, ragged all-to-all 19.4, reduce-scatter
     0.3: gradients are all-reduced inside the microbatch loop (each microbatch, each layer), which
     a sharded accumulation reduced once per step would cut (not done).
