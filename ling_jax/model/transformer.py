@@ -18,7 +18,7 @@ from ling_jax.model.norms import RMSNorm
 from ling_jax.model.rotary import rope_cos_sin, rope_frequencies
 from ling_jax.model.stack import apply_stack, make_stack
 from ling_jax.ops.attention_context import sequence_order
-from ling_jax.ops.mixed_einsum import mixed_einsum
+from ling_jax.ops.token_loss import head_logits
 
 ACTIVATION_AXES = ("batch", "seq", "embed")
 
@@ -65,7 +65,7 @@ class LingForCausalLM(nnx.Module):
         )
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
-        return mixed_einsum("btd,dv->btv", h_BTD, self.lm_head[...], self.dtype)
+        return head_logits(h_BTD, self.lm_head[...], self.dtype)
 
     def __call__(
         self,
