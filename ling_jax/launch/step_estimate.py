@@ -7,7 +7,9 @@ a while loop's body counts `known_trip_count` times (scanned layers, microbatche
 multiply; where the compiler printed no trip count (libtpu), the bound N of the loop's condition
 `counter < N` is used. Bytes on the wire per device follow the ring algorithms: all-gather (n-1)·operand,
 reduce-scatter and all-to-all (n-1)/n·operand, all-reduce 2(n-1)/n·operand, collective-permute
-the operand. Estimated times per step, per device:
+the operand. libtpu writes a reduce-scatter as a fusion whose all-reduce feeds a ROOT dynamic-slice
+of 1/n of it (and runs it as a reduce-scatter): such an all-reduce counts as a reduce-scatter of its
+operand. Estimated times per step, per device:
     compute    = model FLOPs / peak bf16 FLOP/s        (XLA's FLOPs count loop bodies once)
     collective = wire bytes / ICI bandwidth (bidirectional per chip / devices per chip)
     step bound = max(compute, collective) (perfect overlap); serial = their sum
@@ -136,6 +138,23 @@ def _multipliers(comps: dict[str, list[str]]) -> dict[str, float]:
     return mult
 
 
+def _scattered_all_reduce(lines: list[str], devices: int) -> str | None:
+    """The all-reduce's name when `lines` are a reduce-scatter written as all-reduce + ROOT
+    dynamic-slice of 1/n of its result (libtpu's all-reduce-scatter fusions), else None."""
+    root = next((line for line in lines if line.lstrip().startswith("ROOT ")), "")
+    sliced = re.search(r"=\s*(\S+)\s+dynamic-slice\(%?([\w.\-]+)", root)
+    if not sliced:
+        return None
+    for line in lines:
+        hit = _OP.search(line)
+        name = re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", line)
+        if hit and hit.group(2) == "all-reduce" and name and name.group(1) == sliced.group(2):
+            n = _group_size(line, devices)
+            if _shape_bytes(sliced.group(1)) * n == _shape_bytes(hit.group(1)):
+                return name.group(1)
+    return None
+
+
 def collective_bytes(hlo: str, devices: int) -> dict[str, dict[str, float]]:
     """{op: {"count", "operand_bytes", "wire_bytes"}} per step per device from compiled HLO."""
     comps = _computations(hlo)
@@ -143,6 +162,7 @@ def collective_bytes(hlo: str, devices: int) -> dict[str, dict[str, float]]:
     out = {op: {"count": 0.0, "operand_bytes": 0.0, "wire_bytes": 0.0} for op in COLLECTIVES}
     for name, lines in comps.items():
         m = mult.get(name, 0.0)
+        scattered = _scattered_all_reduce(lines, devices) if m else None
         for line in lines:
             hit = _OP.search(line)
             if not hit or not m:
@@ -150,6 +170,8 @@ def collective_bytes(hlo: str, devices: int) -> dict[str, dict[str, float]]:
             result, op, start = hit.groups()
             n = _group_size(line, devices)
             size = _operand_bytes(result, op, n, bool(start))
+            if scattered and re.match(rf"\s*(?:ROOT\s+)?%?{re.escape(scattered)}\s*=", line):
+                op = "reduce-scatter"  # the all-reduce's operand is the reduce-scatter's
             out[op]["count"] += m
             out[op]["operand_bytes"] += m * size
             out[op]["wire_bytes"] += m * size * _wire_factor(op, n)

@@ -109,3 +109,38 @@ def test_loop_without_a_printed_trip_count_runs_its_condition_bound():
     got = collective_bytes(_TPU_LOOP, 8)
     assert got["all-reduce"]["count"] == 76
     assert got["all-reduce"]["wire_bytes"] == pytest.approx(76 * 128 * 2 * 7 / 8)
+
+
+# libtpu's reduce-scatter: an all-reduce whose result a ROOT dynamic-slice cuts to 1/n, in a
+# fusion that runs as one reduce-scatter; beside it a plain all-reduce followed by a slice of
+# another size (not a reduce-scatter: it stays an all-reduce).
+_TPU_REDUCE_SCATTER = """HloModule m
+
+%all-reduce-scatter.3.clone.1 (input.90: bf16[8,512,2048]) -> bf16[8,512,1024] {
+  %input.90 = bf16[8,512,2048]{2,1,0} parameter(0)
+  %all-reduce.422 = bf16[8,512,2048]{2,1,0} all-reduce(%input.90), replica_groups={{0,2},{1,3}}
+  %partition-id.195 = u32[] partition-id()
+  ROOT %dynamic-slice.1285 = bf16[8,512,1024]{2,1,0} dynamic-slice(%all-reduce.422, %c, %c, %m)
+}
+
+%not-scattered (x: f32[64]) -> f32[8] {
+  %x = f32[64]{0} parameter(0)
+  %all-reduce.1 = f32[64]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %dynamic-slice.2 = f32[8]{0} dynamic-slice(%all-reduce.1, %i), dynamic_slice_sizes={8}
+}
+
+ENTRY %main (a: bf16[8,512,2048]) -> bf16[8,512,1024] {
+  %f = bf16[8,512,1024]{2,1,0} fusion(%a), kind=kCustom, calls=%all-reduce-scatter.3.clone.1
+  %g = f32[8]{0} fusion(%b), kind=kLoop, calls=%not-scattered
+}
+"""
+
+
+def test_tpu_all_reduce_scatter_fusion_counts_as_a_reduce_scatter():
+    got = collective_bytes(_TPU_REDUCE_SCATTER, 4)
+    operand = 8 * 512 * 2048 * 2
+    assert got["reduce-scatter"]["count"] == 1
+    assert got["reduce-scatter"]["operand_bytes"] == operand
+    assert got["reduce-scatter"]["wire_bytes"] == pytest.approx(operand / 2)  # (n-1)/n, n = 2
+    assert got["all-reduce"]["count"] == 1  # the 1/8 slice of a 4-way all-reduce stays one
+    assert got["all-reduce"]["wire_bytes"] == pytest.approx(64 * 4 * 2 * 3 / 4)
