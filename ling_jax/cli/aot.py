@@ -6,6 +6,9 @@ prints compile time, per-device memory (arguments, outputs, temporaries, peak), 
 estimated step time and MFU bound from the chip's published figures (launch/chips.py). The
 topology and slice count default to the experiment's `aot` block; the mesh is its `mesh` block
 (override fields with --config.mesh.fsdp=64 etc.). Exit status 1 when the step does not fit.
+`--dump_to DIR` (a new or empty directory) keeps XLA's dump of the compile: the optimized HLO
+(`*after_optimizations.txt`), the buffer assignment with the live buffers at the memory peak
+(`*buffer-assignment.txt`) and the memory-usage report, to see what fills the peak.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ling_jax.cli.errors import user_errors_exit
+from ling_jax.cli.path_flags import DEFINE_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
                                           lock_config=False)
@@ -28,6 +32,8 @@ _NUM_SLICES = flags.DEFINE_integer("num-slices", None, "slices over DCN (default
 flags.DEFINE_alias("num_slices", "num-slices")
 _PHASE = flags.DEFINE_string("phase", None, "phase to compile (default: the first)")
 _JSON = flags.DEFINE_bool("json", False, "print JSON instead of a table")
+_DUMP_TO = DEFINE_path("dump_to", None, "keep XLA's dump of the compile here (optimized HLO, "
+                       "buffer assignment, memory-usage report); a new or empty directory")
 
 _GB = 1e9
 
@@ -79,6 +85,17 @@ def _collective_lines(r: dict) -> list[str]:
     return lines
 
 
+def _check_dump_dir(path: str | None) -> None:
+    """A dump goes into a new or empty directory only (XLA would overwrite same-named files)."""
+    if path is None or not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise ValueError(f"--dump_to {path}: exists and is not a directory; name a new directory")
+    if os.listdir(path):
+        raise ValueError(f"--dump_to {path}: directory is not empty (an earlier dump would be "
+                         "overwritten); name a new or empty directory")
+
+
 @user_errors_exit
 def main(argv) -> None:
     if len(argv) > 1:
@@ -94,6 +111,7 @@ def main(argv) -> None:
     from ling_jax.train.experiment import validate_experiment
 
     validate_experiment(cfg)
+    _check_dump_dir(_DUMP_TO.value)
     aot = cfg.get("aot", None) or {}
     topology = _TOPOLOGY.value or aot.get("topology", None)
     if not topology:
@@ -101,7 +119,7 @@ def main(argv) -> None:
     slices = _NUM_SLICES.value or int(aot.get("num_slices", 1) or 1)
     devices = topology_devices(topology, slices)
     report = compile_train_step(cfg, devices, topology=topology, num_slices=slices,
-                                phase=_PHASE.value).as_dict()
+                                phase=_PHASE.value, dump_dir=_DUMP_TO.value).as_dict()
     print(json.dumps(report, indent=1) if _JSON.value else _table(report))
     if report["fits"] is False:
         sys.exit(1)

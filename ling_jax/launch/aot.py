@@ -164,8 +164,9 @@ def _collectives(lowered) -> dict[str, int]:
 
 
 def compile_train_step(cfg, devices: list[Any], *, topology: str = "", num_slices: int = 1,
-                       phase: str | None = None) -> AotReport:
-    """Lower and compile the phase's train step on abstract sharded arrays; report memory/FLOPs."""
+                       phase: str | None = None, dump_dir: str | None = None) -> AotReport:
+    """Lower and compile the phase's train step on abstract sharded arrays; report memory/FLOPs.
+    `dump_dir` keeps XLA's dump of the compile there (launch/hlo_dump.py)."""
     name = phase or phase_names(cfg)[0]
     if name not in cfg.phases:
         raise ValueError(f"--phase {name!r} is not one of {phase_names(cfg)}")
@@ -191,7 +192,7 @@ def compile_train_step(cfg, devices: list[Any], *, topology: str = "", num_slice
         with plan.context(), (mosaic_lowering() if tpu else contextlib.nullcontext()):
             lowered = plan.jit_step(fn).lower(plan.abstract(abstract),
                                               abstract_batch(plan, ph.batch_size, ph.seq_len))
-            compiled, hlo = compile_with_hlo(lowered)
+            compiled, hlo = compile_with_hlo(lowered, dump_dir)
     except Exception as e:  # XLA reports OOM as a runtime error: turn it into a result
         if not any(m in str(e) for m in _OOM_MARKERS):
             raise

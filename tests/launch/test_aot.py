@@ -37,17 +37,20 @@ def test_out_of_memory_is_a_result_not_a_crash():
 
 
 @pytest.mark.slow
-def test_cli_json_report():
+def test_cli_json_report(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [sys.executable, "-m", "ling_jax.cli.main", "aot", "--config",
-         "tests/launch/aot_small.py:ep_all_to_all", "--json"],
+         "tests/launch/aot_small.py:ep_all_to_all", "--json", "--dump_to", str(tmp_path / "xla")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout[out.stdout.index("{"):])
     assert report["topology"] == "v5p:2x2x1"
     peak = [k for k in report if "peak" in k]
     assert peak and report[peak[0]] > 0 and report["compile_seconds"] > 0
+    # --dump_to kept the TPU compile's optimized module and buffer assignment.
+    assert list((tmp_path / "xla").glob("*after_optimizations.txt"))
+    assert list((tmp_path / "xla").glob("*buffer-assignment.txt"))
 
 
 def test_bad_topology_is_one_clear_line():
