@@ -24,6 +24,6 @@ def test_bad_markers_and_large_inputs():
     with pytest.raises(ValueError, match="markers"):
         format_reward(RolloutGroup(["x"]), markers=("",))
     big = RolloutGroup(["<" * 1_000_000 + "think>", "\x00" * 1_000_000])
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other jobs on the machine don't count
     np.testing.assert_array_equal(format_reward(big), [-0.5, 0.0])
-    assert time.perf_counter() - start < 0.1
+    assert time.process_time() - start < 0.1
