@@ -11,23 +11,8 @@ from collections.abc import Callable
 
 import jax
 
+from ling_jax.ops.registry import Registry
+
 Backend = Callable[..., jax.Array]
-_REGISTRY: dict[str, Backend] = {}
-
-
-def register(name: str) -> Callable[[Backend], Backend]:
-    def wrap(fn: Backend) -> Backend:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Backend:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {names()}")
-    return _REGISTRY[name]
+_REGISTRY: Registry[Backend] = Registry("attention backend")
+register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get

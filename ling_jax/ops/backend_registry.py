@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import jax
 
+from ling_jax.ops.registry import Registry
+
 
 class ExpertWeights(NamedTuple):
     gate_EDF: jax.Array
@@ -19,25 +21,5 @@ class ExpertWeights(NamedTuple):
 
 
 Backend = Callable[..., jax.Array]
-_REGISTRY: dict[str, Backend] = {}
-
-
-def register(name: str) -> Callable[[Backend], Backend]:
-    """Decorator: file `fn` under `name`."""
-    def wrap(fn: Backend) -> Backend:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def names() -> list[str]:
-    """The names registered so far."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Backend:
-    """The backend registered under `name` (ValueError naming the choices otherwise)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown MoE backend {name!r}; choose one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+_REGISTRY: Registry[Backend] = Registry("MoE backend")
+register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get
