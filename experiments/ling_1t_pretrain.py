@@ -67,9 +67,6 @@ def get_config(variant: str = "v5p"):
     # Recompute every layer in the backward, its input kept in host memory (21 GB per chip at
     # 128K: 80 layers x 16K tokens x 8192 x bf16).
     cfg.model.remat_policy = "offload_layer_inputs"
-    # The LM and MTP losses run over 8 token chunks: fp32 [tokens, 157K] logits and their gradient
-    # (10 GB each at 16K tokens per chip, twice with MTP) live 1/8 at a time.
-    cfg.model.loss_chunks = 8
     cfg.mesh = mesh_block(**mesh, rules="fsdp_ep", capacity_factor=1.25,
                           ep_local_backend="ragged_dot")
     # 4K: batch = batch shards × microbatches × sequences per shard per microbatch.
@@ -78,5 +75,9 @@ def get_config(variant: str = "v5p"):
     # 32K/128K: one sequence per batch shard (data × fsdp × expert) per microbatch, split over
     # the context axis; the 4K phase's tokens per step, rounded to whole sequences per shard.
     fit_long_phases(cfg, batch_shards=mesh["expert"], tokens_per_step=batch * 4096)
+    # At 128K the LM and MTP losses run over 8 token chunks: fp32 [tokens, 157K] logits and their
+    # gradient (10 GB each at 16K tokens per chip, twice with MTP) live 1/8 at a time. Only there:
+    # each chunk all-reduces the head's gradient, which at 4K added 15.5 TB per step.
+    cfg.phases.yarn_128k.loss_chunks = 8
     cfg.aot = dict(topology=topology, num_slices=1)
     return cfg

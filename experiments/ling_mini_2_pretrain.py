@@ -31,5 +31,6 @@ def get_config():
                           ep_local_backend="ragged_dot")
     cfg.phases.pretrain_4k.microbatches = 275
     fit_long_phases(cfg, batch_shards=4, tokens_per_step=cfg.phases.pretrain_4k.batch_size * 4096)
+    cfg.phases.yarn_128k.loss_chunks = 8  # 128K: the loss over 8 token chunks (as Ling-1T)
     cfg.aot = dict(topology="v5p:2x2x4", num_slices=1)
     return cfg

@@ -25,7 +25,7 @@ from ling_jax.train.phase_kinds import kind_names, phase_kind
 from ling_jax.train.schedules import make_schedule
 
 PHASE_DEFAULTS: dict[str, Any] = dict(
-    kind="pretrain", steps=0, tokens=0, seq_len=256, batch_size=8, microbatches=1,
+    kind="pretrain", steps=0, tokens=0, seq_len=256, batch_size=8, microbatches=1, loss_chunks=0,
     lr=None, rope=None, bias_update_rate=1e-3, mtp_weight=None, z_loss=0.0, checkpoint_every=0,
     sample_prompt="",
 )
@@ -65,8 +65,11 @@ def _updates_note(phase) -> str:
 
 
 def phase_model_config(model_cfg, phase) -> ml_collections.ConfigDict:
-    """The model config a phase runs with: RoPE θ / YaRN / context overrides (context extension)."""
+    """The model config a phase runs with: RoPE θ / YaRN / context overrides (context extension),
+    and the phase's loss_chunks (0: the model's) — chunking pays at long context only."""
     cfg = model_cfg.copy_and_resolve_references()
+    if phase.get("loss_chunks", 0):
+        cfg.loss_chunks = phase.loss_chunks
     rope = phase.get("rope", None) or {}
     if rope.get("theta"):
         cfg.rope_theta = float(rope["theta"])
@@ -91,6 +94,9 @@ def _validate_phase(name: str, phase, cfg) -> None:
         value = phase.get(field)
         _require(isinstance(value, int) and value > 0, f"{where}.{field}",
                  f"must be a positive int, got {value!r}")
+    chunks = phase.get("loss_chunks", 0)
+    _require(isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 0,
+             f"{where}.loss_chunks", f"must be an int >= 0 (0: model.loss_chunks), got {chunks!r}")
     _require(phase.batch_size % phase.microbatches == 0, f"{where}.batch_size",
              f"{phase.batch_size} must be divisible by microbatches={phase.microbatches}")
     _require(phase.seq_len <= phase_model_config(cfg.model, phase).max_position_embeddings,

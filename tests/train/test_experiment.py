@@ -75,3 +75,21 @@ def test_evo_cot_stages_data_and_tokenizer_paths_are_checked(tmp_path):
         validate_experiment(cfg)
     (tmp_path / "tok" / "tokenizer.json").write_text("{}")
     validate_experiment(cfg)
+
+
+def test_a_phase_sets_its_own_loss_chunks():
+    """phases.X.loss_chunks overrides model.loss_chunks for that phase only (0: the model's), in
+    the model config its step is built from; a bad value names the field before anything runs."""
+    from ling_jax.train.experiment import phase_model_config
+
+    cfg = _colab_tiny()
+    cfg.phases.midtrain.loss_chunks = 4
+    validate_experiment(cfg)
+    assert phase_model_config(cfg.model, cfg.phases.midtrain).loss_chunks == 4
+    assert phase_model_config(cfg.model, cfg.phases.pretrain).loss_chunks == cfg.model.loss_chunks
+    phase = LMPhase(PhaseContext(cfg, None, 1, 0), "midtrain", cfg.phases.midtrain)
+    assert phase.model_cfg.loss_chunks == 4  # the config its train step's graph is built from
+    for bad in (-1, True):  # (a float cannot enter the int field: ConfigDict refuses it)
+        cfg.phases.midtrain.loss_chunks = bad
+        with pytest.raises(ExperimentError, match=r"phases\.midtrain\.loss_chunks: must be an int"):
+            validate_experiment(cfg)
