@@ -4,16 +4,19 @@
 reasoning mid-training at 32K (600B) → 128K with YaRN (factor 4). AdamW 0.9/0.95, wd 0.1, clip 1.0,
 init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merge-checkpoints).
 
-Scale-out of the 4K phase (`ling-jax aot --config experiments/ling_flash_2_pretrain.py [--topology
-T]`; libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all, capacity 1.25):
-    topology                     mesh               batch x microbatches  args   temp   peak    HBM
-    v5p:2x4x4   (32 chips)       fsdp 8 x expert 4  8352 x 261            26.6   31.1   57.8 GB  95
-    tpu7x:2x2x4 (16 chips, 32 d) fsdp 8 x expert 4  8352 x 261            26.6   36.2   62.9 GB  96
-The table was measured on the previous fsdp x expert mesh. Every phase now runs on
-context 8 x expert 4: 4K 8352 x 261 (8 sequences per batch shard per microbatch), 32K 1044 x 261,
-128K 260 x 65 (261 → 260 sequences at 128K: 4 batch shards).
-The context axis shards weights like fsdp did (same per-chip argument bytes); the context meshes'
-peaks are not re-measured yet (`ling-jax aot --config experiments/ling_flash_2_pretrain.py --phase P`).
+Every phase runs on context 8 x expert 4 of v5p:2x4x4 (32 chips): 4K 8352 x 261 (8 sequences per
+batch shard per microbatch), 32K 1044 x 261, 128K 260 x 65 (261 -> 260 sequences: 4 batch shards);
+the loss runs over 8 token chunks at 128K. Measured 2026-12-06 (`ling-jax aot --config
+experiments/ling_flash_2_pretrain.py --phase P --json`; libtpu 0.0.52, per-chip bytes from XLA,
+remat full, splash attention, EP ragged all-to-all, capacity 1.25; collective bytes per device per
+step from the optimized HLO, loops multiplied out; estimate at v5p's 459 TFLOP/s, 1.2 TB/s ICI):
+    phase        batch x mb   args   temp   peak (GB of 95)  compute  collectives (wire/device)
+    pretrain_4k   8352 x 261  26.6   27.4   54.1             96 s     55.0 TB -> 46 s
+    context_32k   1044 x 261  26.6   27.6   54.3            150 s     51.5 TB -> 43 s
+    yarn_128k      260 x 65   26.6   41.4   68.1            335 s     24.5 TB -> 20 s
+(4K/32K collectives: all-gather ~27 TB, reduce-scatter ~12, ragged all-to-all 11.5: the ZeRO-3
+weight traffic of 261 small microbatches.) Earlier 4K on fsdp 8 x expert 4 (same per-chip
+arguments): v5p:2x4x4 peak 57.8 GB; tpu7x:2x2x4 (16 chips, 32 devices) 62.9 of 96 GB per device.
 """
 
 from ling_jax.config import get_preset

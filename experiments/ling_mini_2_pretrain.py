@@ -4,16 +4,18 @@
 reasoning mid-training at 32K (600B) → 128K with YaRN (factor 4). AdamW 0.9/0.95, wd 0.1, clip 1.0,
 init std 0.006, WSM (2,000 warmup steps, then constant; merge with ling-jax merge-checkpoints).
 
-Scale-out of the 4K phase (`ling-jax aot --config experiments/ling_mini_2_pretrain.py [--topology
-T]`; libtpu 0.0.52, per-device memory from XLA, remat full, EP ragged all-to-all, capacity 1.25):
-    topology                     mesh               batch x microbatches  args   temp   peak    HBM
-    v5p:2x2x4   (16 chips)       fsdp 4 x expert 4  4400 x 275             8.6   13.5   22.3 GB  95
-    tpu7x:2x2x2 (8 chips, 16 d)  fsdp 4 x expert 4  4400 x 275             8.6   15.6   24.3 GB  96
-The table was measured on the previous fsdp x expert mesh. Every phase now runs on
-context 4 x expert 4: 4K 4400 x 275 (4 sequences per batch shard per microbatch), 32K 552 x 138,
-128K 136 x 34 (550 → 552, 137.5 → 136 sequences: 4 batch shards).
-The context axis shards weights like fsdp did (same per-chip argument bytes); the context meshes'
-peaks are not re-measured yet (`ling-jax aot --config experiments/ling_mini_2_pretrain.py --phase P`).
+Every phase runs on context 4 x expert 4 of v5p:2x2x4 (16 chips): 4K 4400 x 275 (4 sequences per
+batch shard per microbatch), 32K 552 x 138, 128K 136 x 34 (550 -> 552, 137.5 -> 136 sequences: 4
+batch shards); the loss runs over 8 token chunks at 128K. Measured 2026-12-06 (`ling-jax aot
+--config experiments/ling_mini_2_pretrain.py --phase P --json`; libtpu 0.0.52, per-chip bytes from
+XLA, remat full, splash attention, EP ragged all-to-all, capacity 1.25; collective bytes per device
+per step from the optimized HLO, loops multiplied out; estimate at v5p's 459 TFLOP/s, 1.2 TB/s ICI):
+    phase        batch x mb   args   temp   peak (GB of 95)  compute  collectives (wire/device)
+    pretrain_4k   4400 x 275   8.6   12.1   20.9             24 s     11.5 TB -> 10 s
+    context_32k    552 x 138   8.6   20.9   29.7             43 s      7.5 TB ->  6 s
+    yarn_128k      136 x 34    8.6   28.4   37.1            104 s      5.7 TB ->  5 s
+Earlier 4K on fsdp 4 x expert 4 (same per-chip arguments): v5p:2x2x4 peak 22.3 GB; tpu7x:2x2x2
+(8 chips, 16 devices) 24.3 of 96 GB per device.
 """
 
 from ling_jax.config import get_preset
