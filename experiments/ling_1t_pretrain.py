@@ -17,31 +17,33 @@ batch shard per microbatch), 4K (32K) or 16K (128K) tokens per microbatch. 4K ne
 (was 567 on tensor 8 x expert 32). The long phases keep the 4K phase's tokens per step in whole
 sequences per batch shard (`fit_long_phases`): 2268 → 2272 x 32K (+0.2%), 567 → 576 x 128K (+1.6%),
 since 2268 and 567 are not divisible by 32 batch shards.
-Measured (`ling-jax aot`, libtpu 0.0.52, per-chip bytes from XLA's memory analysis, full 80-layer
-step, splash attention (Mosaic), K/V all-gathered, EP ragged all-to-all, capacity 1.25; collective
-bytes per device per step from XLA's optimized-HLO dump, loops multiplied out; compile times on a
-shared 2-core host). Since 2026-12-06 with the three long-context memory settings of this file:
-loss over 8 token chunks, remat offload_layer_inputs (layer inputs in host memory), ragged_dot
-backward in bf16:
-    default v5p:4x8x8 (GB per chip of 95; estimate per step on v5p, 459 TFLOP/s, 1.2 TB/s ICI)
-    phase        batch x mb   args   temp   peak  fits  compute  collectives (wire/device)
-    pretrain_4k  18144 x 63   31.7   32.7   64.6  yes   207 s    82.1 TB -> 68 s
-    context_32k   2272 x 71   31.7   31.5   63.4  yes   280 s    74.9 TB -> 62 s
-    yarn_128k      576 x 18   31.7   60.9   92.9  yes   535 s    36.7 TB -> 31 s
-    4K collectives: all-reduce 41.0 TB, all-gather 21.3, ragged all-to-all 19.4, reduce-scatter
-    0.3: gradients are all-reduced inside the microbatch loop (each microbatch, each layer), which
-    a sharded accumulation reduced once per step would cut (not done).
-    Before these settings: context_32k peak 69.2 GB; yarn_128k did NOT fit (temporaries 104.2 >
-    95.7 GB); loss chunks alone 96.4; + offload_layer_inputs 67.2 temp / 99.1 peak (the 80 layer
-    inputs, 21.5 GB, moved to host); + bf16 ragged_dot backward 60.9 / 92.9 (the fp32 [163840,
-    8192] cotangents of the expert matmuls were the largest live buffers: 5.4 GB each).
-    Earlier (2026-12-05, remat full, no loss chunks): :tpu7x context_32k 2304 x 36 peak 51.9 of
-    96 GB per device; yarn_128k with --config.mesh.context=16 --config.mesh.expert=32 peak 74.3;
-    v5p yarn_128k on context 16 x expert 16 (576 x 36) peak 87.9. Not re-measured with the new
-    settings: the tpu7x and v5p_512 variants.
-Earlier 4K measurements on the previous meshes (libtpu 0.0.52; tensor 8 x expert 32 at 18144 x 567:
-peak 65.0 GB, arguments 31.8, temporaries 33.1; fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB,
-tpu7x 58.5 GB).
+Measured 2026-12-06 (`ling-jax aot`, libtpu 0.0.52, per-chip bytes from XLA's memory analysis,
+full 80-layer step, splash attention (Mosaic), K/V all-gathered, EP ragged all-to-all, capacity
+1.25, remat offload_layer_inputs, ragged_dot backward in bf16, loss over 8 token chunks at 128K
+only; collective bytes per device per step from XLA's optimized HLO, loops multiplied out,
+libtpu's reduce-scatters counted as such; compile times on a shared 2-core host). Estimates from
+published figures: v5p 459 TFLOP/s and 1.2 TB/s ICI per chip; tpu7x 2,307 TFLOP/s per chip (two
+devices). GB per chip (per device on tpu7x):
+    variant  phase        batch x mb   args   temp   peak  of   compute  collectives (wire/device)
+    v5p      pretrain_4k  18144 x 63   31.7   38.8   70.7  95   207 s    64.1 TB -> 53 s
+    v5p      context_32k   2272 x 71   31.7   37.0   68.9  95   280 s    54.4 TB -> 45 s
+    v5p      yarn_128k      576 x 18   31.7   60.9   92.9  95   535 s    35.4 TB -> 29 s
+    tpu7x    pretrain_4k  18432 x 36   15.8   40.5   56.4  96    42 s    28.4 TB -> 47 s (MFU <= 88%)
+    tpu7x    context_32k   2304 x 36   15.8   34.9   50.9  96    56 s    25.8 TB -> 43 s
+    tpu7x    yarn_128k      576 x 9    15.8   56.6   72.6  96   106 s    17.7 TB -> 29 s
+v5p_512 was not re-measured on the context mesh (its 4K on fsdp 8 x expert 64: 46.9 GB).
+On v5p every phase is compute-bound on paper; tpu7x's 4K step is collective-bound (ragged
+all-to-all 10.0 TB, all-reduce 9.4). Of v5p 4K's 19.7 TB of all-reduce, 10.9 TB are weight
+all-gathers that libtpu runs as all-reduce of a zero-padded buffer: a 256-way shard of the embed dim
+(32 rows) is narrower than the 128-wide minor tile of the layout it picks; 1.6 TB are LM-head
+gradients. The loss chunks are for 128K only: at 4K they all-reduced the head's gradient once per
+chunk (4K collectives 78.7 TB, of which 16.2 TB head gradients; peak 64.6 GB instead of 70.7).
+What made 128K fit (buffer assignment at the peak): the loss chunks (temporaries 104.2 -> 96.4 GB),
+offload_layer_inputs (the 80 layer inputs, 21.5 GB, in host memory: 67.2 temp / 99.1 peak), bf16
+ragged_dot backward (fp32 [163840, 8192] cotangents of the expert matmuls were the largest live
+buffers, 5.4 GB each: 60.9 / 92.9). tpu7x 128K needed context 16 x expert 32 before (74.3 GB).
+Earlier 4K measurements on the previous meshes (tensor 8 x expert 32 at 18144 x 567: peak 65.0 GB;
+fsdp 8 x expert 64 at 18432 x 36: v5p 46.9 GB, tpu7x 58.5 GB).
 """
 
 from ling_jax.config import get_preset
