@@ -32,6 +32,7 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u1
 _SHAPE = re.compile(r"\b([a-z0-9]+)\[([0-9,]*)\]")
 _OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _TRIP = re.compile(r'known_trip_count[^0-9]*(\d+)')
+_NAME = re.compile(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=")
 _S32_CONSTANT = re.compile(r"=\s*s32\[\][^=]*\bconstant\((\d+)\)")
 
 
@@ -138,6 +139,12 @@ def _multipliers(comps: dict[str, list[str]]) -> dict[str, float]:
     return mult
 
 
+def _value_name(line: str) -> str | None:
+    """The name an HLO instruction line defines (`%x = ...` / `ROOT %x = ...`)."""
+    name = _NAME.match(line)
+    return name.group(1) if name else None
+
+
 def _scattered_all_reduce(lines: list[str], devices: int) -> str | None:
     """The all-reduce's name when `lines` are a reduce-scatter written as all-reduce + ROOT
     dynamic-slice of 1/n of its result (libtpu's all-reduce-scatter fusions), else None."""
@@ -147,11 +154,10 @@ def _scattered_all_reduce(lines: list[str], devices: int) -> str | None:
         return None
     for line in lines:
         hit = _OP.search(line)
-        name = re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", line)
-        if hit and hit.group(2) == "all-reduce" and name and name.group(1) == sliced.group(2):
+        if hit and hit.group(2) == "all-reduce" and _value_name(line) == sliced.group(2):
             n = _group_size(line, devices)
             if _shape_bytes(sliced.group(1)) * n == _shape_bytes(hit.group(1)):
-                return name.group(1)
+                return sliced.group(2)
     return None
 
 
@@ -170,7 +176,7 @@ def collective_bytes(hlo: str, devices: int) -> dict[str, dict[str, float]]:
             result, op, start = hit.groups()
             n = _group_size(line, devices)
             size = _operand_bytes(result, op, n, bool(start))
-            if scattered and re.match(rf"\s*(?:ROOT\s+)?%?{re.escape(scattered)}\s*=", line):
+            if scattered and _value_name(line) == scattered:
                 op = "reduce-scatter"  # the all-reduce's operand is the reduce-scatter's
             out[op]["count"] += m
             out[op]["operand_bytes"] += m * size
